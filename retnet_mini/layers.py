@@ -1,0 +1,229 @@
+"""Layers: gated multi-scale retention, the feed-forward network, the RetNet block.
+
+Everything here calls the pure functions of ``retention.py`` and ``rotation.py``; the equations live
+there. Shapes: ``x`` is ``(B, T, d_model)``; heads are ``(B, H, T, head_dim)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .retention import (
+    chunkwise_retention,
+    experiment_log_decay,
+    paper_log_decay,
+    parallel_retention,
+    read_state,
+    recurrent_retention,
+    update_state,
+)
+from .rotation import rope_theta, rotate, torchscale_theta
+
+MODES = ("parallel", "recurrent", "chunkwise")
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps)`` over the last dim, times a learned weight if ``affine``.
+
+    Computed in the input's dtype (float64 stays float64); half precision is computed in float32.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = y.to(x.dtype)
+        return y * self.weight if self.weight is not None else y
+
+
+def make_norm(kind: str, dim: int, eps: float, affine: bool = True) -> nn.Module:
+    """``"layernorm"`` or ``"rmsnorm"`` over the last ``dim`` features."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps, affine=affine)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+class HeadNorm(nn.Module):
+    """Normalize each head separately (the paper's GroupNorm with one group per head).
+
+    ``kind``: ``"groupnorm"`` (per-head mean and variance, affine over all channels, as
+    ``nn.GroupNorm(H, H * d_v)``), ``"rmsnorm"`` (per-head RMS, no weight: the official code), or
+    ``"none"`` (ablation). Input and output ``(B, T, H, d_v)``.
+    """
+
+    def __init__(self, kind: str, n_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        if kind not in ("groupnorm", "rmsnorm", "none"):
+            raise ValueError(f"head_norm must be 'groupnorm', 'rmsnorm' or 'none', got {kind!r}")
+        self.kind, self.eps = kind, eps
+        if kind == "groupnorm":
+            self.weight = nn.Parameter(torch.ones(n_heads, head_dim))
+            self.bias = nn.Parameter(torch.zeros(n_heads, head_dim))
+
+    def forward(self, y: Tensor) -> Tensor:
+        if self.kind == "none":
+            return y
+        if self.kind == "rmsnorm":
+            return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        mean = y.mean(-1, keepdim=True)
+        var = (y - mean).pow(2).mean(-1, keepdim=True)
+        return (y - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def rescale_factors(log_decay: Tensor, offset: int, length: int) -> Tensor:
+    """The paper's second rescaling as a per-position factor: ``1 / sqrt(sum_{i<=n} D_ni)``.
+
+    Row ``n`` of ``D`` sums to ``sum_{j=0}^{n} gamma^j = (1 - gamma^(n+1)) / (1 - gamma)`` (``n + 1`` for
+    gamma = 1), so dividing the whole row is the same as scaling the output at ``n``. Returns ``(H, T, 1)``
+    for absolute positions ``offset .. offset + length - 1``.
+    """
+    n_plus_1 = torch.arange(offset + 1, offset + length + 1, device=log_decay.device, dtype=log_decay.dtype)
+    ld = log_decay[:, None]
+    # -expm1(n ln g) / -expm1(ln g) is the geometric sum without cancellation when gamma is near 1.
+    row_sum = torch.where(ld == 0, n_plus_1[None, :], torch.expm1(n_plus_1[None, :] * ld) / torch.expm1(ld))
+    return torch.rsqrt(row_sum)[:, :, None]
+
+
+class MultiScaleRetention(nn.Module):
+    """Gated multi-scale retention: ``MSR(X) = (swish(X W_G) * HeadNorm(Retention(X))) W_O``.
+
+    One gamma per head (fixed, not learned). ``q`` and ``k`` are rotated by theta; ``k`` is scaled by
+    ``d_k^-1/2`` (rescaling 1). With ``rescale=True`` the paper's rescalings 2 and 3 are applied too, as
+    per-position factors computed identically in every mode, so the three modes stay equal whatever the
+    norm's eps. The retention state carries one extra value column (the sum of decayed keys) for
+    rescaling 3's row sums.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        c = config
+        self.n_heads, self.rescale, self.use_gate = c.n_heads, c.rescale, c.gate
+        self.key_dim, self.value_dim = c.d_model // c.n_heads, c.value_dim // c.n_heads
+        self.q_proj = nn.Linear(c.d_model, c.d_model, bias=c.bias)
+        self.k_proj = nn.Linear(c.d_model, c.d_model, bias=c.bias)
+        self.v_proj = nn.Linear(c.d_model, c.value_dim, bias=c.bias)
+        self.g_proj = nn.Linear(c.d_model, c.value_dim, bias=c.bias) if c.gate else None
+        self.out_proj = nn.Linear(c.value_dim, c.d_model, bias=c.bias)
+        self.head_norm = HeadNorm(c.head_norm, c.n_heads, self.value_dim, c.norm_eps)
+        self.register_buffer("log_decay", decay_schedule(c.decay, c.n_heads), persistent=False)
+        theta = torchscale_theta(self.key_dim) if c.theta == "torchscale" else rope_theta(self.key_dim)
+        self.register_buffer("theta", theta, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The official code's init: small xavier for q, k, v, g (gain 2^-2.5) keeps early outputs tame.
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj):
+            if proj is not None:
+                nn.init.xavier_uniform_(proj.weight, gain=2 ** -2.5)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.out_proj):
+            if proj is not None and proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+
+    def state_shape(self, batch: int) -> Tuple[int, int, int, int]:
+        """Shape of this layer's state: ``(B, H, d_k, d_v [+1 with rescaling])``."""
+        return (batch, self.n_heads, self.key_dim, self.value_dim + int(self.rescale))
+
+    def forward(
+        self, x: Tensor, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
+        chunk_size: int = 64,
+    ) -> Tuple[Tensor, Tensor]:
+        """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state."""
+        B, T, _ = x.shape
+        heads = lambda t, d: t.view(B, T, self.n_heads, d).transpose(1, 2)   # (B, H, T, d)
+        q = rotate(heads(self.q_proj(x), self.key_dim), self.theta, offset)
+        k = rotate(heads(self.k_proj(x), self.key_dim), self.theta, offset) * self.key_dim ** -0.5
+        v = heads(self.v_proj(x), self.value_dim)
+        log_decay = self.log_decay.to(q.dtype)
+        if self.rescale:  # a column of ones makes retention also return rescaling 3's row sums
+            v = torch.cat([v, v.new_ones(B, self.n_heads, T, 1)], dim=-1)
+        o, state = retention(q, k, v, log_decay, mode, state, chunk_size)
+        if self.rescale:
+            o, row_sum = o[..., :-1], o[..., -1:]
+            factor = rescale_factors(log_decay, offset, T)                       # (H, T, 1)
+            o = o * factor / (row_sum * factor).abs().clamp(min=1.0)
+        y = self.head_norm(o.transpose(1, 2)).reshape(B, T, -1)                 # (B, T, H * d_v)
+        if self.use_gate:
+            y = F.silu(self.g_proj(x)) * y
+        return self.out_proj(y), state
+
+
+def retention(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, mode: str, state: Optional[Tensor], chunk_size: int
+) -> Tuple[Tensor, Tensor]:
+    """Dispatch to one of the three forms; every mode returns ``(o, state)`` and continues ``state``."""
+    if mode == "recurrent":
+        return recurrent_retention(q, k, v, log_decay, state)
+    if mode == "chunkwise":
+        return chunkwise_retention(q, k, v, log_decay, chunk_size, state)
+    if mode == "parallel":
+        o = parallel_retention(q, k, v, log_decay)
+        if state is not None:
+            o = o + read_state(q, state, log_decay)
+        return o, update_state(state, k, v, log_decay)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def decay_schedule(kind: str, n_heads: int) -> Tensor:
+    """``ln(gamma)`` per head, float64 ``(n_heads,)``.
+
+    ``"paper"`` (eq. 8), ``"experiment"`` (the LM runs' schedule), ``"torchscale"`` (eq. 8 computed in
+    float32 like the official code), ``"none"`` (gamma = 1: linear attention), ``"single"`` (gamma =
+    127/128 in every head, the paper's ablation).
+    """
+    if kind == "paper":
+        return paper_log_decay(n_heads)
+    if kind == "experiment":
+        return experiment_log_decay(n_heads)
+    if kind == "torchscale":
+        return paper_log_decay(n_heads, dtype=torch.float32).double()
+    if kind == "none":
+        return torch.zeros(n_heads, dtype=torch.float64)
+    if kind == "single":
+        return torch.full((n_heads,), math.log(127 / 128), dtype=torch.float64)
+    raise ValueError(f"decay must be 'paper', 'experiment', 'torchscale', 'none' or 'single', got {kind!r}")
+
+
+class FeedForward(nn.Module):
+    """``"gelu"``: ``gelu(x W1 + b1) W2 + b2`` (the paper); ``"glu"``: ``fc2(gelu(fc1 x) * gate x)`` (official)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        c = config
+        if c.ffn not in ("gelu", "glu"):
+            raise ValueError(f"ffn must be 'gelu' or 'glu', got {c.ffn!r}")
+        self.fc1 = nn.Linear(c.d_model, c.ffn_dim, bias=c.bias)
+        self.gate = nn.Linear(c.d_model, c.ffn_dim, bias=c.bias) if c.ffn == "glu" else None
+        self.fc2 = nn.Linear(c.ffn_dim, c.d_model, bias=c.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(self.fc1(x))
+        if self.gate is not None:
+            h = h * self.gate(x)
+        return self.fc2(h)
+
+
+class RetNetBlock(nn.Module):
+    """Pre-norm block: ``Y = MSR(LN(X)) + X``; ``X' = FFN(LN(Y)) + Y``."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.retention_norm = make_norm(config.norm, config.d_model, config.norm_eps)
+        self.retention = MultiScaleRetention(config)
+        self.ffn_norm = make_norm(config.norm, config.d_model, config.norm_eps)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x: Tensor, mode: str, state: Optional[Tensor], offset: int, chunk_size: int):
+        h, state = self.retention(self.retention_norm(x), mode, state, offset, chunk_size)
+        x = x + h
+        return x + self.ffn(self.ffn_norm(x)), state

@@ -1,0 +1,328 @@
+"""Retention, the math: decay schedules, the decay matrix and the three forms.
+
+Pure functions on tensors (no ``nn.Module``). Each form is the plain equation of the paper, with no
+scaling, rotation or normalization inside; callers scale ``q`` or ``k`` by ``d_k ** -0.5`` and rotate
+first (see ``retnet_mini.layers``).
+
+Shapes used throughout (0-based positions ``n``, ``m``):
+
+- ``q, k``: ``(B, H, T, d_k)``; ``v``: ``(B, H, T, d_v)``
+- ``log_decay``: ``(H,)`` holding ``ln(gamma)`` per head, ``<= 0`` (``gamma = 1`` means no decay)
+- ``state``: ``(B, H, d_k, d_v)``, ``S = sum_m gamma^(T-1-m) k_m^T v_m`` (the paper's layout)
+
+The three forms compute the same thing:
+
+- parallel  (eq. 5): ``o = (q k^T * D) v`` with ``D[n, m] = gamma^(n-m)`` for ``n >= m``, else 0
+- recurrent (eq. 6): ``S_n = gamma S_{n-1} + k_n^T v_n``, ``o_n = q_n S_n``
+- chunkwise (eq. 7): inside a chunk the parallel form, across chunks the recurrent one
+
+Numerical rule kept everywhere: decay is always formed as ``gamma^(n-m)`` with ``n >= m`` (an exponent
+<= 0), never as ``gamma^n * gamma^(-m)``, which overflows (float32 near m = 3000 for gamma = 0.96875).
+The masked upper triangle gets exponent ``-inf`` *before* ``exp``, so no ``inf * 0`` can appear.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "paper_log_decay",
+    "experiment_log_decay",
+    "decay_matrix",
+    "parallel_retention",
+    "recurrent_retention",
+    "chunkwise_retention",
+    "read_state",
+    "update_state",
+]
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_checked_gpu_decays: set = set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Decay schedules: one gamma per head, the same in every layer.
+# ---------------------------------------------------------------------------------------------
+def paper_log_decay(n_heads: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``ln(gamma_h)`` with ``gamma_h = 1 - 2^(-5-h)``, ``h = 0..n_heads-1`` (the paper's eq. 8).
+
+    Computed in float64 (gamma is within 2^-20 of 1 for 16 heads) and then cast to ``dtype``.
+    Returns a tensor of shape ``(n_heads,)``.
+    """
+    _check_n_heads(n_heads)
+    h = torch.arange(n_heads, dtype=torch.float64)
+    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
+
+
+def experiment_log_decay(n_heads: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``ln(gamma_h)`` with ``gamma = 1 - exp(linspace(ln 1/32, ln 1/512, n_heads))``.
+
+    The schedule the paper's language-modeling experiments used "instead of the default" eq. 8: the
+    slowest head has gamma = 1 - 1/512, whatever the number of heads. Shape ``(n_heads,)``.
+    """
+    _check_n_heads(n_heads)
+    one_minus_gamma = torch.exp(
+        torch.linspace(math.log(1 / 32), math.log(1 / 512), n_heads, dtype=torch.float64)
+    )
+    return torch.log1p(-one_minus_gamma).to(dtype)
+
+
+def _check_n_heads(n_heads: int) -> None:
+    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+
+
+def decay_matrix(log_decay: Tensor, length: int) -> Tensor:
+    """The causal decay matrix ``D[h, n, m] = gamma_h^(n-m)`` for ``n >= m``, else 0.
+
+    Args:
+        log_decay: ``(H,)`` ``ln(gamma)`` per head, each ``<= 0``.
+        length: ``T``, the number of positions.
+    Returns:
+        ``(H, T, T)`` in ``log_decay``'s dtype and device.
+    """
+    _check_log_decay(log_decay, n_heads=None)
+    if not isinstance(length, int) or length < 0:
+        raise ValueError(f"length must be a non-negative int, got {length!r}")
+    return _decay_block(log_decay, length, length)
+
+
+def _decay_block(log_decay: Tensor, rows: int, cols: int) -> Tensor:
+    """``(H, rows, cols)`` block ``gamma^(n-m)`` for ``n >= m`` (n, m counted from the same start)."""
+    n = torch.arange(rows, device=log_decay.device)
+    m = torch.arange(cols, device=log_decay.device)
+    distance = (n[:, None] - m[None, :]).to(log_decay.dtype)
+    causal = distance >= 0
+    # -inf where n < m, so exp gives exactly 0 there; the exponent is never positive.
+    exponent = torch.where(causal, distance * log_decay[:, None, None], float("-inf"))
+    return torch.exp(exponent)
+
+
+# ---------------------------------------------------------------------------------------------
+# The three forms.
+# ---------------------------------------------------------------------------------------------
+def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+    """Parallel form (eq. 5): ``o = (q k^T * D) v``.
+
+    Args:
+        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)``.
+    Returns:
+        o: ``(B, H, T, d_v)``, same dtype and device as ``q``.
+    Cost: O(T^2 (d_k + d_v)) time and an O(T^2) score matrix per head.
+    """
+    _check_inputs(q, k, v, log_decay, state=None)
+    q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
+    T = q.shape[2]
+    scores = q @ k.transpose(-1, -2)                    # (B, H, T, T)
+    o = (scores * _decay_block(log_decay, T, T)) @ v    # D broadcasts over the batch
+    return _from_compute_dtype(o, out_dtype, "parallel_retention")
+
+
+def recurrent_retention(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    """Recurrent form (eq. 6): ``S_n = gamma S_{n-1} + k_n^T v_n``, ``o_n = q_n S_n``.
+
+    One step per position; O(d_k d_v) memory per head whatever the length. This is the decoding form.
+
+    Args:
+        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)``;
+        state: ``(B, H, d_k, d_v)`` carried from earlier positions, or None for an empty history.
+    Returns:
+        o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
+    """
+    _check_inputs(q, k, v, log_decay, state)
+    q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
+    B, H, T, d_k = q.shape
+    d_v = v.shape[-1]
+    S = _initial_state(state, B, H, d_k, d_v, q)
+    gamma = torch.exp(log_decay)[:, None, None]          # (H, 1, 1), broadcasts over B
+    outputs = []
+    for n in range(T):
+        S = gamma * S + k[:, :, n, :, None] * v[:, :, n, None, :]   # outer product k_n^T v_n
+        outputs.append((q[:, :, n, None, :] @ S))                    # (B, H, 1, d_v)
+    o = torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
+    return (
+        _from_compute_dtype(o, out_dtype, "recurrent_retention"),
+        _from_compute_dtype(S, out_dtype, "recurrent_retention"),
+    )
+
+
+def chunkwise_retention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    chunk_size: int,
+    state: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Chunkwise form (eq. 7): the parallel form inside each chunk, the recurrence across chunks.
+
+    For chunk ``i`` of length ``L`` (position ``j = 0..L-1`` inside it) and the state ``R`` it inherits:
+
+    - inner: ``(q_[i] k_[i]^T * D) v_[i]``
+    - cross: ``(q_[i] R) * xi``, ``xi_j = gamma^(j+1)``
+    - state: ``R <- gamma^L R + k_[i]^T (v_[i] * zeta)``, ``zeta_j = gamma^(L-1-j)``
+
+    A short last chunk (``L < chunk_size``) uses its own ``L``; ``chunk_size > T`` gives one chunk, which
+    is the parallel form plus the incoming state. Cost: O(T C (d_k + d_v) + T d_k d_v), linear in T.
+
+    Args:
+        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)``;
+        chunk_size: ``C >= 1``; state: ``(B, H, d_k, d_v)`` or None.
+    Returns:
+        o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
+    """
+    _check_inputs(q, k, v, log_decay, state)
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
+    B, H, T, d_k = q.shape
+    d_v = v.shape[-1]
+    R = _initial_state(state, B, H, d_k, d_v, q)
+    C = max(1, min(chunk_size, T))
+    decay_full = _decay_block(log_decay, C, C)                       # (H, C, C), reused per chunk
+
+    outputs = []
+    for start in range(0, T, C):
+        L = min(C, T - start)
+        qc, kc, vc = q[:, :, start:start + L], k[:, :, start:start + L], v[:, :, start:start + L]
+        inner = ((qc @ kc.transpose(-1, -2)) * decay_full[:, :L, :L]) @ vc
+        outputs.append(inner + _read_state(qc, R, log_decay))
+        R = _update_state(R, kc, vc, log_decay)
+    o = torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
+    return (
+        _from_compute_dtype(o, out_dtype, "chunkwise_retention"),
+        _from_compute_dtype(R, out_dtype, "chunkwise_retention"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The state seen from outside a block of positions: how a block reads it and how it moves it on.
+# ---------------------------------------------------------------------------------------------
+def read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
+    """What a block of ``L`` positions receives from the state before it: ``(q_j S) * gamma^(j+1)``.
+
+    This is the chunkwise form's cross term (``xi_j = gamma^(j+1)``); added to the parallel form of the
+    block it continues a sequence exactly. Shapes: q ``(B, H, L, d_k)``, state ``(B, H, d_k, d_v)``
+    -> ``(B, H, L, d_v)``.
+    """
+    _check_inputs(q, q, q.new_empty(q.shape[:3] + (state.shape[-1],)), log_decay, state)
+    return _read_state(q, state, log_decay)
+
+
+def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+    """The state after a block of ``L`` positions: ``gamma^L S + k^T (v * zeta)``, ``zeta_j = gamma^(L-1-j)``.
+
+    Shapes: k ``(B, H, L, d_k)``, v ``(B, H, L, d_v)``, state ``(B, H, d_k, d_v)`` or None -> same.
+    """
+    _check_inputs(k, k, v, log_decay, state)
+    B, H, _, d_k = k.shape
+    return _update_state(_initial_state(state, B, H, d_k, v.shape[-1], k), k, v, log_decay)
+
+
+def _read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
+    j = torch.arange(1, q.shape[2] + 1, device=q.device, dtype=q.dtype)
+    xi = torch.exp(j[None, :] * log_decay[:, None])[:, :, None]        # (H, L, 1)
+    return (q @ state) * xi
+
+
+def _update_state(state: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+    L = k.shape[2]
+    distance_to_end = torch.arange(L - 1, -1, -1, device=k.device, dtype=k.dtype)
+    zeta = torch.exp(distance_to_end[None, :] * log_decay[:, None])[:, :, None]   # (H, L, 1)
+    return torch.exp(L * log_decay)[:, None, None] * state + k.transpose(-1, -2) @ (v * zeta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks and dtype handling (kept out of the equations above).
+# ---------------------------------------------------------------------------------------------
+def _initial_state(state: Optional[Tensor], B: int, H: int, d_k: int, d_v: int, like: Tensor) -> Tensor:
+    if state is None:
+        return like.new_zeros(B, H, d_k, d_v)
+    return state.to(like.dtype)
+
+
+def _to_compute_dtype(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor):
+    """Half-precision inputs are computed in float32 (sums of many decayed terms lose all precision
+    and can overflow float16); everything else stays in its own dtype (float64 included)."""
+    out_dtype = q.dtype
+    compute = torch.float32 if out_dtype in _HALF_DTYPES else out_dtype
+    return q.to(compute), k.to(compute), v.to(compute), log_decay.to(compute), out_dtype
+
+
+def _from_compute_dtype(x: Tensor, out_dtype: torch.dtype, where: str) -> Tensor:
+    if x.dtype == out_dtype:
+        return x
+    y = x.to(out_dtype)
+    # float16 tops out at 65504: refuse to hand back an inf (or a later NaN) that float32 did not have.
+    if out_dtype == torch.float16 and not torch.isfinite(y).all():
+        raise OverflowError(
+            f"{where}: the result exceeds the float16 range (max 65504); pass bfloat16 or float32 "
+            f"inputs, or scale q/k down"
+        )
+    return y
+
+
+def _describe(x: Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def _check_log_decay(log_decay: Tensor, n_heads: Optional[int]) -> None:
+    if not isinstance(log_decay, Tensor):
+        raise TypeError(f"log_decay must be a torch.Tensor of shape (H,), got {type(log_decay).__name__}")
+    if log_decay.ndim != 1 or (n_heads is not None and log_decay.shape[0] != n_heads):
+        want = f"({n_heads},)" if n_heads is not None else "(H,)"
+        raise ValueError(f"log_decay must have shape {want} (one ln(gamma) per head), got {_describe(log_decay)}")
+    if not log_decay.is_floating_point():
+        raise TypeError(f"log_decay must be a floating-point tensor, got {_describe(log_decay)}")
+    # Reading values back from a GPU stalls it; a model passes the same buffer at every decoding
+    # step, so a GPU tensor is checked once per (storage, version) and then trusted.
+    key = (log_decay.data_ptr(), log_decay._version, log_decay.device)
+    if log_decay.device.type != "cpu" and key in _checked_gpu_decays:
+        return
+    if not torch.isfinite(log_decay).all():
+        raise ValueError("log_decay must be finite: ln(gamma) with 0 < gamma <= 1")
+    if (log_decay > 0).any():
+        raise ValueError(
+            f"log_decay must be <= 0 (gamma <= 1; gamma = 1 is no decay), got max {log_decay.max().item():.6g}"
+        )
+    if log_decay.device.type != "cpu":
+        _checked_gpu_decays.add(key)
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor]) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 dims (B, H, T, d), got {_describe(x)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {_describe(x)}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (B, H, T, d_k); got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"v must have shape (B, H, T, d_v) with B, H, T of q {tuple(q.shape[:3])}; got v {tuple(v.shape)}"
+        )
+    for name, x in (("k", k), ("v", v), ("log_decay", log_decay)):
+        if isinstance(x, Tensor) and x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}: put all inputs on one device")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: use one dtype for q, k, v")
+    _check_log_decay(log_decay, n_heads=q.shape[1])
+    if state is not None:
+        B, H, _, d_k = q.shape
+        want = (B, H, d_k, v.shape[-1])
+        if not isinstance(state, Tensor):
+            raise TypeError(f"state must be a torch.Tensor of shape {want} or None, got {type(state).__name__}")
+        if tuple(state.shape) != want:
+            raise ValueError(f"state must have shape (B, H, d_k, d_v) = {want}, got {_describe(state)}")
+        if state.device != q.device:
+            raise ValueError(f"state is on {state.device} but q is on {q.device}")
+        if state.dtype != q.dtype and not (q.dtype in _HALF_DTYPES and state.dtype == torch.float32):
+            raise TypeError(f"state has dtype {state.dtype} but q has {q.dtype}")

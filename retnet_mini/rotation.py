@@ -1,0 +1,73 @@
+"""The theta rotation: ``Q_n e^{i n theta}`` and ``K_m e^{i m theta}`` written with real numbers.
+
+Retention multiplies query ``n`` by ``e^{i n theta}`` and key ``m`` by the conjugate of ``e^{i m theta}``,
+so their product keeps only ``e^{i (n - m) theta}``: a relative position (theta does not cancel).
+With pairs of real coordinates ``(x_{2i}, x_{2i+1})`` standing for one complex number, multiplying by
+``e^{i phi}`` is a 2-D rotation by ``phi``: ``x * cos(phi) + rotate_every_two(x) * sin(phi)``, the
+interleaved-pairs layout of the official code (RoPE with adjacent pairs).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["rope_theta", "torchscale_theta", "rotate_every_two", "rotate", "rotate_complex"]
+
+
+def rope_theta(head_dim: int, base: float = 10000.0) -> Tensor:
+    """RoPE frequencies ``theta_i = base^(-2i / head_dim)``, ``i = 0..head_dim/2 - 1``; float64 ``(head_dim/2,)``."""
+    _check_head_dim(head_dim)
+    i = torch.arange(head_dim // 2, dtype=torch.float64)
+    return base ** (-2.0 * i / head_dim)
+
+
+def torchscale_theta(head_dim: int) -> Tensor:
+    """The official code's frequencies ``1 / 10000^linspace(0, 1, head_dim/2)``.
+
+    Computed in float32 as torchscale does (so converted weights reproduce its outputs), returned as
+    float64 ``(head_dim/2,)``. Note the spacing differs from RoPE: ``theta_i = 10000^(-i / (head_dim/2 - 1))``.
+    """
+    _check_head_dim(head_dim)
+    return (1.0 / 10000 ** torch.linspace(0, 1, head_dim // 2, dtype=torch.float32)).double()
+
+
+def _check_head_dim(head_dim: int) -> None:
+    if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+        raise ValueError(f"head_dim must be an even int >= 2 (coordinates come in pairs), got {head_dim!r}")
+
+
+def rotate_every_two(x: Tensor) -> Tensor:
+    """``(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)``: multiplication by ``i`` on each pair."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+def rotate(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:
+    """Rotate position ``n = offset + t`` of ``x`` by the angles ``n * theta``.
+
+    Args:
+        x: ``(..., T, d)`` with ``d = 2 * len(theta)``.
+        theta: ``(d/2,)`` frequencies.
+        offset: absolute position of ``x[..., 0, :]`` (a decoding step continues where the state ends).
+    Returns:
+        ``(..., T, d)`` in ``x``'s dtype. The phase ``n * theta`` is formed in float64: in float32 the sine
+        of a phase near 65535 is off by ~3e-3.
+    """
+    if x.shape[-1] != 2 * theta.shape[-1]:
+        raise ValueError(f"x's last dim must be 2 * len(theta) = {2 * theta.shape[-1]}, got shape {tuple(x.shape)}")
+    positions = torch.arange(offset, offset + x.shape[-2], device=x.device, dtype=torch.float64)
+    phase = positions[:, None] * theta.to(device=x.device, dtype=torch.float64)[None, :]   # (T, d/2)
+    phase = phase.repeat_interleave(2, dim=-1)                                             # [t0, t0, t1, t1, ...]
+    cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
+    return x * cos + rotate_every_two(x) * sin
+
+
+def rotate_complex(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:
+    """The same rotation done with complex numbers: a teaching check for :func:`rotate`.
+
+    ``x: (..., T, d)`` real -> ``(..., T, d)`` real, equal to ``rotate(x, theta, offset)``.
+    """
+    z = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)).contiguous())           # (..., T, d/2)
+    positions = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
+    z = z * torch.exp(1j * positions[:, None] * theta.to(x.device, torch.float64)[None, :])
+    return torch.view_as_real(z).flatten(-2).to(x.dtype)
