@@ -1,0 +1,185 @@
+"""RetNetLM: the three modes give the same logits, states continue sequences, generation is exact."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retnet_mini import RetNetConfig, RetNetLM, RetNetState
+from retnet_mini.layers import rescale_factors
+
+MODES = ("parallel", "recurrent", "chunkwise")
+
+
+def make_model(preset="paper", dtype=torch.float64, device="cpu", seed=0, **overrides):
+    torch.manual_seed(seed)
+    small = dict(vocab_size=37, d_model=16, n_heads=2, n_layers=2, chunk_size=4)
+    if preset == "torchscale":
+        small.update(value_dim=24, ffn_dim=20)
+    small.update(overrides)
+    config = getattr(RetNetConfig, preset)(**small)
+    model = RetNetLM(config).to(device=device, dtype=dtype).eval()
+    with torch.no_grad():  # move norm weights away from 1 and biases from 0 so they are exercised
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("preset", ["paper", "torchscale"])
+@pytest.mark.parametrize("rescale", [False, True])
+def test_modes_agree_float64(preset, rescale, device):
+    model = make_model(preset, device=device, rescale=rescale, norm_eps=0.0)
+    tokens = torch.randint(0, 37, (3, 23), device=device)
+    logits = {m: model(tokens, mode=m) for m in MODES}
+    for m in ("recurrent", "chunkwise"):
+        assert max_diff(logits[m][0], logits["parallel"][0]) < 1e-10
+        for s, s_ref in zip(logits[m][1].layers, logits["parallel"][1].layers):
+            assert max_diff(s, s_ref) < 1e-10
+
+
+@pytest.mark.parametrize("preset", ["paper", "torchscale"])
+def test_modes_agree_float32_default_config(preset, device):
+    model = make_model(preset, dtype=torch.float32, device=device, chunk_size=8)
+    tokens = torch.randint(0, 37, (2, 50), device=device)
+    ref, _ = model(tokens, mode="parallel")
+    for m in ("recurrent", "chunkwise"):
+        assert max_diff(model(tokens, mode=m)[0], ref) < 1e-4
+
+
+def test_rescaling_keeps_eps0_output_with_eps(device):
+    """With eps > 0 our three modes still agree: the rescalings are the same per-position factors in each."""
+    model = make_model("paper", device=device, rescale=True, norm_eps=1e-2)
+    tokens = torch.randint(0, 37, (2, 19), device=device)
+    ref, _ = model(tokens, mode="parallel")
+    for m in ("recurrent", "chunkwise"):
+        assert max_diff(model(tokens, mode=m)[0], ref) < 1e-10
+
+
+def test_rescale_factors_are_row_sums_of_D():
+    ld = torch.log(torch.tensor([0.5, 0.999, 1.0], dtype=torch.float64))
+    f = rescale_factors(ld, offset=3, length=5)
+    from retnet_mini import decay_matrix
+    D = decay_matrix(ld, 8)
+    assert torch.allclose(f[:, :, 0], D.sum(-1)[:, 3:8].rsqrt(), rtol=1e-12, atol=0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(cuts=st.lists(st.integers(1, 8), min_size=1, max_size=4), data=st.data())
+def test_state_continues_in_any_mode(cuts, data, device):
+    model = make_model("paper", device=device, rescale=data.draw(st.booleans()), norm_eps=0.0)
+    T = sum(cuts)
+    tokens = torch.randint(0, 37, (2, T), device=device)
+    ref, ref_state = model(tokens, mode="parallel")
+    pieces, state, start = [], None, 0
+    for n in cuts:
+        mode = data.draw(st.sampled_from(MODES))
+        logits, state = model(tokens[:, start:start + n], mode=mode, state=state,
+                              chunk_size=data.draw(st.integers(1, 9)))
+        pieces.append(logits)
+        start += n
+    assert max_diff(torch.cat(pieces, 1), ref) < 1e-10
+    assert state.offset == T
+    for s, s_ref in zip(state.layers, ref_state.layers):
+        assert max_diff(s, s_ref) < 1e-10
+
+
+@pytest.mark.parametrize("prefill", ["chunkwise", "parallel"])
+def test_greedy_generation_equals_parallel_rerun(prefill, device):
+    model = make_model("paper", device=device)
+    prompt = torch.randint(0, 37, (3, 6), device=device)   # a batch of prompts
+    out = model.generate(prompt, 12, temperature=0, prefill=prefill)
+    assert out.shape == (3, 18) and torch.equal(out[:, :6], prompt)
+    seq = prompt
+    for _ in range(12):
+        logits, _ = model(seq, mode="parallel")
+        seq = torch.cat([seq, logits[:, -1:].argmax(-1)], 1)
+    assert torch.equal(out, seq)
+
+
+def test_sampling_is_reproducible_and_respects_top_k(device):
+    model = make_model("paper", device=device)
+    prompt = torch.randint(0, 37, (2, 3), device=device)
+    a = model.generate(prompt, 20, temperature=1.0, top_k=1, generator=torch.Generator(device).manual_seed(1))
+    assert torch.equal(a, model.generate(prompt, 20, temperature=0))     # top_k=1 is greedy
+    b1 = model.generate(prompt, 20, top_k=5, generator=torch.Generator(device).manual_seed(7))
+    b2 = model.generate(prompt, 20, top_k=5, generator=torch.Generator(device).manual_seed(7))
+    assert torch.equal(b1, b2)
+    assert model.generate(prompt, 0).shape == (2, 3)
+
+
+def test_state_size_does_not_grow():
+    model = make_model("paper")
+    _, s_short = model(torch.randint(0, 37, (1, 5)))
+    _, s_long = model(torch.randint(0, 37, (1, 300)), mode="chunkwise")
+    assert s_short.nbytes() == s_long.nbytes() == 2 * 2 * 8 * 16 * 8   # layers * H * d_k * d_v * 8 bytes
+
+
+def test_parameter_count_is_12_d_squared_per_layer():
+    d, L = 64, 3
+    model = RetNetLM(RetNetConfig.paper(vocab_size=100, d_model=d, n_heads=4, n_layers=L))
+    per_layer = (model.num_parameters() - 2 * 100 * d - 2 * d) / L    # minus embedding, head, final norm
+    weights_only = sum(m.weight.numel() for m in model.blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    assert weights_only == 12 * d * d
+    assert per_layer == 12 * d * d + 18 * d    # biases (10d), two LayerNorms (4d), GroupNorm affine (4d)
+
+
+def test_presets():
+    paper = RetNetConfig.paper(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
+    assert (paper.value_dim, paper.ffn_dim, paper.norm, paper.head_norm, paper.ffn) == (1024, 1024, "layernorm", "groupnorm", "gelu")
+    official = RetNetConfig.torchscale(vocab_size=256)
+    assert (official.d_model, official.value_dim, official.n_heads, official.ffn_dim, official.n_layers) == (768, 1280, 3, 1280, 12)
+    assert (official.norm, official.head_norm, official.ffn, official.bias, official.norm_eps) == ("rmsnorm", "rmsnorm", "glu", False, 1e-6)
+
+
+def test_ablation_switches_change_the_model():
+    base = dict(vocab_size=37, d_model=16, n_heads=2, n_layers=1)
+    assert RetNetLM(RetNetConfig.paper(**base, gate=False)).blocks[0].retention.g_proj is None
+    for decay in ("none", "single", "experiment"):
+        ld = RetNetLM(RetNetConfig.paper(**base, decay=decay)).blocks[0].retention.log_decay
+        assert ld.shape == (2,) and (ld <= 0).all()
+    model = make_model("paper", head_norm="none")
+    assert torch.isfinite(model(torch.randint(0, 37, (1, 5)))[0]).all()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m(torch.randint(0, 37, (5,))), r"tokens must be an int64 tensor of shape \(B, T\)"),
+        (lambda m: m(torch.rand(2, 5)), "tokens must be an int64"),
+        (lambda m: m(torch.tensor([[1, 37]])), r"ids in \[0, 37\)"),
+        (lambda m: m(torch.tensor([[-1, 3]])), "vocab_size"),
+        (lambda m: m(torch.tensor([[1, 2]]), mode="fast"), "mode must be one of"),
+        (lambda m: m(torch.tensor([[1, 2]]), chunk_size=0), "chunk_size"),
+        (lambda m: m(torch.tensor([[1, 2]]), state=RetNetState([], 0)), "RetNetState with 2 layer"),
+        (lambda m: m(torch.tensor([[1, 2]]), state=m(torch.tensor([[1], [2]]))[1]), r"state.layers\[0\] must have shape"),
+        (lambda m: m.generate(torch.tensor([[1, 2]]), -1), "max_new_tokens"),
+        (lambda m: m.generate(torch.tensor([[1, 2]]), 3, temperature=-1.0), "temperature"),
+        (lambda m: m.generate(torch.tensor([[1, 2]]), 3, top_k=0), "top_k"),
+        (lambda m: m.generate(torch.tensor([[1, 2]]), 3, prefill="recurrentish"), "prefill"),
+    ],
+)
+def test_bad_model_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(make_model("paper"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d_model=30, n_heads=4), "must split into n_heads"),
+        (dict(d_model=6, n_heads=2), "even size"),
+        (dict(vocab_size=0), "vocab_size must be a positive int"),
+        (dict(norm="batchnorm"), "norm must be"),
+        (dict(decay="linear"), "decay must be"),
+        (dict(norm_eps=-1.0), "norm_eps"),
+    ],
+)
+def test_bad_configs(kwargs, message):
+    base = dict(vocab_size=10, d_model=16, n_heads=2, n_layers=1)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        RetNetLM(RetNetConfig.paper(**base))
