@@ -65,11 +65,15 @@ class RetNetConfig:
 
     @classmethod
     def torchscale(
-        cls, vocab_size: int, d_model: int = 768, n_heads: int = 3, n_layers: int = 12,
-        value_dim: int = 1280, ffn_dim: int = 1280, **overrides,
+        cls, vocab_size: int, d_model: int = 512, n_heads: int = 2, n_layers: int = 6,
+        value_dim: int = 864, ffn_dim: int = 864, **overrides,
     ):
         """The official code's design (torchscale 0.3.0): RMSNorm, weightless RMSNorm per head, GLU FFN,
-        no biases, its theta and float32 decay, eps 1e-6. Defaults are its ``RetNetConfig`` defaults."""
+        no biases, its theta and float32 decay, eps 1e-6.
+
+        Default sizes are its ``retnet_base`` recipe (key head dim 256). Its ``RetNetConfig`` class
+        defaults (d 768, value 1280, 3 heads) do not run: 1280 values do not split into 3 heads.
+        """
         settings = dict(norm="rmsnorm", head_norm="rmsnorm", ffn="glu", bias=False, theta="torchscale",
                         decay="torchscale", norm_eps=1e-6)
         settings.update(overrides)
@@ -198,8 +202,12 @@ class RetNetLM(nn.Module):
         ``official_config`` uses the official names: ``vocab_size, decoder_embed_dim,
         decoder_value_embed_dim, decoder_retention_heads, decoder_ffn_embed_dim, decoder_layers,
         layernorm_eps, activation_fn, recurrent_chunk_size, no_output_layer,
-        share_decoder_input_output_embed`` (the defaults are torchscale 0.3.0's). The logits equal the
-        official model's in every mode (to float64 round-off with ``layernorm_eps=0``).
+        share_decoder_input_output_embed`` (the defaults are torchscale 0.3.0's). The model keeps the
+        weights' precision (float64 stays float64) and applies the official parallel form's rescalings, so
+        its logits, in each of our three modes, equal the official parallel form's for any
+        ``layernorm_eps`` (float64: to round-off, once the official norms' float32 casts are removed). The
+        official recurrent and chunkwise forms give the same logits with ``layernorm_eps=0``; with
+        ``eps > 0`` they differ from its parallel form (tests/test_torchscale.py records by how much).
         """
         return _from_torchscale(cls, state_dict, official_config)
 
@@ -268,6 +276,9 @@ def _from_torchscale(cls, state_dict: dict, official_config: dict) -> RetNetLM:
         n_layers=oc["decoder_layers"], value_dim=oc["decoder_value_embed_dim"],
         ffn_dim=oc["decoder_ffn_embed_dim"], norm_eps=oc["layernorm_eps"],
         chunk_size=oc["recurrent_chunk_size"], tie_embeddings=oc["share_decoder_input_output_embed"],
+        # The official parallel form divides retention by sqrt of D's row sums and by max(1, |row sum|)
+        # (rescalings 2 and 3). With layernorm_eps > 0 the head norm does not cancel them, so keep them.
+        rescale=True,
     )
     model = cls(config)
     renamed = {"embed.weight": "embed_tokens.weight", "final_norm.weight": "layer_norm.weight",
@@ -287,6 +298,8 @@ def _from_torchscale(cls, state_dict: dict, official_config: dict) -> RetNetLM:
     missing = [theirs for theirs in renamed.values() if theirs not in state_dict]
     if missing:
         raise ValueError(f"state_dict lacks {len(missing)} official keys, e.g. {missing[:3]}; is it a RetNetDecoder's?")
+    # Never round the weights: a float64 state dict gives a float64 model (half precision is widened).
+    model.to(torch.promote_types(state_dict["embed_tokens.weight"].dtype, model.embed.weight.dtype))
     ours_sd = model.state_dict()
     converted = {}
     for ours, theirs in renamed.items():

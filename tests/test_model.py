@@ -131,7 +131,7 @@ def test_presets():
     paper = RetNetConfig.paper(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
     assert (paper.value_dim, paper.ffn_dim, paper.norm, paper.head_norm, paper.ffn) == (1024, 1024, "layernorm", "groupnorm", "gelu")
     official = RetNetConfig.torchscale(vocab_size=256)
-    assert (official.d_model, official.value_dim, official.n_heads, official.ffn_dim, official.n_layers) == (768, 1280, 3, 1280, 12)
+    assert (official.d_model, official.value_dim, official.n_heads, official.ffn_dim, official.n_layers) == (512, 864, 2, 864, 6)
     assert (official.norm, official.head_norm, official.ffn, official.bias, official.norm_eps) == ("rmsnorm", "rmsnorm", "glu", False, 1e-6)
 
 
