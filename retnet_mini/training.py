@@ -1,0 +1,518 @@
+"""One training loop for every model in the book (RetNet in any form, the Transformer baseline).
+
+The model interface is ``logits, state = model(x, **forward_kwargs)`` with ``x`` of shape ``(B, T)`` and
+``logits`` of shape ``(B, T, V)``; the loss is the cross-entropy of the next character, averaged over all
+``B * T`` positions, in nats. ``forward_kwargs`` picks the form, e.g. ``{"mode": "chunkwise",
+"chunk_size": 64}`` for RetNet and ``{}`` for the Transformer.
+
+What the loop does, and why:
+
+- **Optimizer**: AdamW. Weight decay applies to weight *matrices* of linear maps only; biases, norm gains,
+  and embeddings are not decayed (:func:`split_decay_params`). Embedding rows of rare characters receive
+  few gradient updates, so decay would mostly shrink them toward zero rather than regularize.
+- **Schedule**: linear warm-up from ~0 to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``
+  at ``steps`` (:func:`lr_at`). It is a pure function of the step, so resuming needs only the step.
+- **Gradient clipping** by global norm (``grad_clip``); the norm before clipping goes into the history.
+- **Validation** on fixed windows spread over the whole validation set (:func:`~retnet_mini.data.
+  sequential_batches`), so every validation number is measured on the same text and curves are comparable.
+- **bfloat16 autocast** on CUDA only (CPU runs stay in float32 and are bit-reproducible).
+- **Checkpoints** are written atomically (temporary file in the same directory, fsync, ``os.replace``):
+  a crash during a save leaves the previous checkpoint intact. They hold the model, optimizer, step,
+  RNG states (the batch generator, torch's CPU and CUDA generators for dropout) and history, plus the
+  model config, training config and a hash of the training data, checked on resume. On CPU a run
+  interrupted and resumed gives bit-identical losses to one that was not interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import get_batch, sequential_batches
+
+__all__ = [
+    "TrainConfig",
+    "History",
+    "train",
+    "evaluate",
+    "unigram_entropy",
+    "lr_at",
+    "split_decay_params",
+    "make_optimizer",
+    "default_device",
+    "seed_everything",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "retnet_mini.checkpoint/1"
+
+# TrainConfig fields that change the sequence of updates: a checkpoint resumes only if they all match.
+# (Evaluation and checkpoint intervals may change between runs; they do not alter the training losses.)
+_TRAJECTORY_FIELDS = (
+    "steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps",
+    "weight_decay", "betas", "eps", "grad_clip", "seed", "amp",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one run. Defaults suit a small character model on a CPU."""
+
+    steps: int = 1000  # optimizer updates in the whole run
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    min_lr: float = 1e-4  # learning rate at the last step (end of the cosine)
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on weight matrices only, see split_decay_params
+    betas: tuple[float, float] = (0.9, 0.98)  # the RetNet paper's AdamW betas
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
+    seed: int = 0  # seeds the batch generator and torch's global RNG (dropout)
+    eval_interval: int | None = 100  # validate every this many steps (and at step 0 and the end)
+    eval_windows: int | None = 64  # validation windows of seq_len; None = the whole validation set
+    checkpoint_interval: int | None = None  # also save every this many steps (None: only at the end)
+    amp: bool = True  # bfloat16 autocast when training on CUDA; ignored on CPU
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # a list from JSON would otherwise break the resume check
+        for name in ("steps", "batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        for name in ("eval_interval", "eval_windows", "checkpoint_interval"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+@dataclass
+class History:
+    """What a run measured. Per update: ``steps[i]`` (1-based count of updates done), ``train_loss``,
+    ``lr`` used, ``grad_norm`` before clipping, ``tokens_per_s``. Per validation: ``val_steps``,
+    ``val_loss`` (nats/token). Losses and lr are exactly reproducible on CPU; ``tokens_per_s`` is timing."""
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list]) -> "History":
+        return cls(**{f.name: list(d[f.name]) for f in dataclasses.fields(cls)})
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.val_loss[-1] if self.val_loss else math.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# Small pieces
+# --------------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is there, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators, e.g. before building a model."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # numpy is optional for the package
+        pass
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate for update number ``step + 1`` (``step`` = updates already done, 0-based).
+
+    Warm-up: ``lr * (step + 1) / warmup_steps`` for the first ``warmup_steps`` updates (never exactly 0).
+    Then cosine: ``min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2`` with ``p`` going from 0 to 1 over the
+    remaining updates, so the last update uses exactly ``min_lr``.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    decay_steps = config.steps - config.warmup_steps
+    progress = 1.0 if decay_steps <= 1 else min(1.0, (step - config.warmup_steps) / (decay_steps - 1))
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def split_decay_params(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the parameters that get weight decay, and of those that do not.
+
+    Decayed: tensors with 2+ dimensions (weight matrices of linear maps). Not decayed: biases, norm gains,
+    other vectors, and embedding tables (also when tied to the output layer, since it is one tensor).
+    """
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # shared (tied) tensors are listed once
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(name)
+    return decay, no_decay
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two parameter groups: weight matrices (decayed) and everything else (not)."""
+    params = dict(model.named_parameters())
+    decay, no_decay = split_decay_params(model)
+    groups = [
+        {"params": [params[n] for n in decay], "weight_decay": config.weight_decay},
+        {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def _autocast(device: torch.device, amp: bool):
+    # bfloat16 needs no loss scaling; on CPU we stay in float32 so runs are exactly reproducible.
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _logits(out: Any) -> torch.Tensor:
+    # Models return (logits, state); accept a bare tensor too so simple models work unchanged.
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _check_ids(data: torch.Tensor, name: str, seq_len: int) -> None:
+    if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.is_floating_point():
+        raise ValueError(f"{name} must be a 1-D integer tensor of token ids (N,)")
+    if len(data) == 0:
+        raise ValueError(f"{name} is empty (empty corpus?)")
+    if len(data) < seq_len + 1:
+        raise ValueError(
+            f"seq_len={seq_len} is too long for {name} of {len(data)} tokens: a window needs "
+            f"seq_len + 1 = {seq_len + 1} tokens"
+        )
+
+
+def _fingerprint(data: torch.Tensor) -> str:
+    # A hash of the training ids: resuming on different data would silently break exactness.
+    return hashlib.sha256(data.detach().cpu().long().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    # Config values as plain Python, so checkpoints load with torch.load(weights_only=True).
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _model_config(model: nn.Module) -> dict | None:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    if dataclasses.is_dataclass(cfg):
+        return _plain(asdict(cfg))
+    return _plain(dict(cfg)) if isinstance(cfg, dict) else {"repr": repr(cfg)}
+
+
+def _diff(saved: dict, current: dict) -> str:
+    keys = sorted(set(saved) | set(current))
+    return ", ".join(
+        f"{k}: checkpoint {saved.get(k, '<missing>')!r}, now {current.get(k, '<missing>')!r}"
+        for k in keys
+        if saved.get(k, "<missing>") != current.get(k, "<missing>")
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Write ``payload`` with ``torch.save`` atomically.
+
+    The bytes go to a temporary file in the same directory (same filesystem, so the rename is atomic),
+    are fsync'ed, then ``os.replace`` puts the file in place. Readers see the old checkpoint or the new
+    one, never a torn file; a failure midway removes the temporary file and keeps the old checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Persist the rename itself (POSIX); not possible on every platform, and not needed for atomicity.
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict:
+    """Load a checkpoint written by :func:`train` into ``model`` (and ``optimizer``); return its payload.
+
+    Raises ValueError if the checkpoint was written for another model class or config (both are stored
+    in it), so that a mismatch is reported by name rather than as a shape error deep in PyTorch.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a retnet_mini training checkpoint ({CHECKPOINT_FORMAT})")
+    cls = type(model).__name__
+    if payload["model_class"] != cls:
+        raise ValueError(f"checkpoint {path} is for a {payload['model_class']}, but the model is a {cls}")
+    saved, current = payload["model_config"], _model_config(model)
+    if saved != current:
+        detail = _diff(saved, current) if saved and current else f"checkpoint {saved!r}, now {current!r}"
+        raise ValueError(f"checkpoint {path} was written for another model config: {detail}")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:  # a model without a config attribute: shapes are the last line of defence
+        raise ValueError(f"checkpoint {path} does not fit this model: {exc}") from exc
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    return payload
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation and the baseline
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: torch.Tensor,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    *,
+    forward_kwargs: dict | None = None,
+    max_windows: int | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = True,
+) -> float:
+    """Mean next-token cross-entropy (nats/token) over fixed windows of ``data`` (N,).
+
+    Uses :func:`~retnet_mini.data.sequential_batches` (non-overlapping windows, or ``max_windows`` of them
+    spread evenly), so the number is deterministic. Each window starts without context, as in training.
+    The model is put in eval mode (no dropout) and restored to its previous mode afterwards.
+    """
+    _check_ids(data, "data", seq_len)
+    forward_kwargs = forward_kwargs or {}
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for x, y in sequential_batches(data, batch_size, seq_len, max_windows=max_windows, device=device):
+            with _autocast(device, amp):
+                logits = _logits(model(x, **forward_kwargs))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+            total += loss.item()
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+def unigram_entropy(data: torch.Tensor | str) -> float:
+    """Entropy (nats per character) of the character distribution of ``data`` (ids (N,) or a string).
+
+    The best loss any model that ignores context can reach on this data: the baseline a language model
+    must beat. (A unigram model fitted on other text can only do worse, so this baseline is generous.)
+    """
+    if isinstance(data, str):
+        data = torch.tensor([ord(c) for c in data], dtype=torch.long)
+    if len(data) == 0:
+        raise ValueError("unigram_entropy of empty data is undefined")
+    _, counts = torch.unique(data, return_counts=True)
+    p = counts.double() / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def train(
+    model: nn.Module,
+    train_data: torch.Tensor,
+    val_data: torch.Tensor,
+    config: TrainConfig | None = None,
+    *,
+    forward_kwargs: dict | None = None,
+    device: str | torch.device | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` on ``train_data`` (N_train,) ids, validating on ``val_data`` (N_val,); return the history.
+
+    - ``forward_kwargs``: passed to every forward call, e.g. ``{"mode": "chunkwise", "chunk_size": 64}``.
+    - ``device``: default ``"cuda"`` if available, else ``"cpu"``; the model is moved there.
+    - ``checkpoint_path``: where to save (at the end, at ``until_step``, every ``checkpoint_interval``).
+      If the file exists and ``resume`` is true, training continues from it exactly (a finished
+      checkpoint just loads the weights and returns its history); ``resume=False`` starts over and
+      overwrites it. A checkpoint from another model config, training config or training data raises
+      ValueError.
+    - ``until_step``: stop after this many updates (saving a checkpoint), as if interrupted; a later call
+      with the same arguments and no ``until_step`` finishes the run.
+    - ``progress``: show a tqdm bar (a widget in notebooks).
+    """
+    config = config or TrainConfig()
+    forward_kwargs = dict(forward_kwargs or {})
+    dev = torch.device(device if device is not None else default_device())
+    _check_ids(train_data, "train_data", config.seq_len)
+    _check_ids(val_data, "val_data", config.seq_len)
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab_size is not None:
+        top = int(max(train_data.max(), val_data.max()))
+        if top >= vocab_size or int(min(train_data.min(), val_data.min())) < 0:
+            raise ValueError(f"token ids must lie in [0, {vocab_size}) for this model; data has id {top}")
+    stop = config.steps if until_step is None else until_step
+    if not 1 <= stop <= config.steps:
+        raise ValueError(f"until_step must be in [1, {config.steps}], got {until_step}")
+
+    model.to(dev)
+    optimizer = make_optimizer(model, config)
+    batch_gen = torch.Generator().manual_seed(config.seed)  # on CPU: same batches on any device
+    history, step = History(), 0
+    data_hash = _fingerprint(train_data)
+    train_cfg = _plain(asdict(config))
+
+    if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
+        ckpt = load_checkpoint(checkpoint_path, model, optimizer)
+        saved = {k: ckpt["train_config"][k] for k in _TRAJECTORY_FIELDS}
+        now = {k: train_cfg[k] for k in _TRAJECTORY_FIELDS}
+        if saved != now:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} was written with another training config ({_diff(saved, now)}); "
+                "resuming would not reproduce the run. Use another checkpoint_path or resume=False."
+            )
+        if ckpt["data_hash"] != data_hash:
+            raise ValueError(f"checkpoint {checkpoint_path} was written for different training data")
+        step, history = ckpt["step"], History.from_dict(ckpt["history"])
+        batch_gen.set_state(ckpt["rng"]["batches"])
+        torch.set_rng_state(ckpt["rng"]["torch_cpu"])
+        cuda_states = ckpt["rng"]["torch_cuda"]
+        if cuda_states is not None and dev.type == "cuda" and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    else:
+        torch.manual_seed(config.seed)  # dropout masks, if the model has dropout
+
+    def save() -> None:
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT,
+            "model_class": type(model).__name__,
+            "model_config": _model_config(model),
+            "train_config": train_cfg,
+            "data_hash": data_hash,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": {
+                "batches": batch_gen.get_state(),
+                "torch_cpu": torch.get_rng_state(),
+                "torch_cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
+            },
+            "history": history.to_dict(),
+        })  # fmt: skip
+
+    def validate() -> None:
+        loss = evaluate(
+            model, val_data, config.batch_size, config.seq_len, forward_kwargs=forward_kwargs,
+            max_windows=config.eval_windows, device=dev, amp=config.amp,
+        )  # fmt: skip
+        history.val_steps.append(step)
+        history.val_loss.append(loss)
+
+    was_training = model.training
+    model.train()
+    if step == 0:
+        validate()  # the untrained model: about ln(vocab_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = config.grad_clip if config.grad_clip is not None else math.inf  # inf: measure, don't clip
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=type(model).__name__)
+    try:
+        while step < stop:
+            t0 = time.perf_counter()
+            x, y = get_batch(train_data, config.batch_size, config.seq_len, generator=batch_gen, device=dev)
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(dev, config.amp):
+                logits = _logits(model(x, **forward_kwargs))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss is {loss_value} at step {step + 1}; try a lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+            optimizer.step()
+            step += 1
+
+            history.steps.append(step)
+            history.train_loss.append(loss_value)
+            history.lr.append(lr)
+            history.grad_norm.append(grad_norm)
+            history.tokens_per_s.append(y.numel() / (time.perf_counter() - t0))
+            if step == config.steps or (config.eval_interval and step % config.eval_interval == 0):
+                validate()
+            if checkpoint_path is not None and (
+                step == stop or (config.checkpoint_interval and step % config.checkpoint_interval == 0)
+            ):
+                save()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.final_val_loss:.3f}", refresh=False)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return history
