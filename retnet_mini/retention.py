@@ -184,15 +184,19 @@ def chunkwise_retention(
     d_v = v.shape[-1]
     R = _initial_state(state, B, H, d_k, d_v, q)
     C = max(1, min(chunk_size, T))
-    decay_full = _decay_block(log_decay, C, C)                       # (H, C, C), reused per chunk
-
+    n_full = T // C
     outputs = []
-    for start in range(0, T, C):
-        L = min(C, T - start)
-        qc, kc, vc = q[:, :, start:start + L], k[:, :, start:start + L], v[:, :, start:start + L]
-        inner = ((qc @ kc.transpose(-1, -2)) * decay_full[:, :L, :L]) @ vc
-        outputs.append(inner + _read_state(qc, R, log_decay))
-        R = _update_state(R, kc, vc, log_decay)
+    if n_full:
+        full = slice(0, n_full * C)
+        o_full, R = _full_chunks(q[:, :, full], k[:, :, full], v[:, :, full], log_decay, C, R)
+        outputs.append(o_full)
+    if T % C:  # a short last chunk of length L = T mod C: the same three terms with its own L
+        tail = slice(n_full * C, T)
+        qt, kt, vt = q[:, :, tail], k[:, :, tail], v[:, :, tail]
+        L = qt.shape[2]
+        inner = ((qt @ kt.transpose(-1, -2)) * _decay_block(log_decay, L, L)) @ vt
+        outputs.append(inner + _read_state(qt, R, log_decay))
+        R = _update_state(R, kt, vt, log_decay)
     o = torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
     return (
         _from_compute_dtype(o, out_dtype, "chunkwise_retention"),
@@ -210,7 +214,10 @@ def read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
     block it continues a sequence exactly. Shapes: q ``(B, H, L, d_k)``, state ``(B, H, d_k, d_v)``
     -> ``(B, H, L, d_v)``.
     """
-    _check_inputs(q, q, q.new_empty(q.shape[:3] + (state.shape[-1],)), log_decay, state)
+    if not isinstance(state, Tensor) or state.ndim != 4:
+        raise ValueError("state must be a tensor of shape (B, H, d_k, d_v)")
+    values_like = q.new_empty(q.shape[:3] + (state.shape[-1],))   # only its shape is checked
+    _check_inputs(q, q, values_like, log_decay, state)
     return _read_state(q, state, log_decay)
 
 
@@ -224,17 +231,44 @@ def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tenso
     return _update_state(_initial_state(state, B, H, d_k, v.shape[-1], k), k, v, log_decay)
 
 
+def _xi(log_decay: Tensor, L: int) -> Tensor:
+    """``xi_j = gamma^(j+1)``, ``j = 0..L-1``: how much of the incoming state position ``j`` still sees. ``(H, L, 1)``"""
+    j = torch.arange(L, device=log_decay.device, dtype=log_decay.dtype)
+    return torch.exp((j + 1)[None, :] * log_decay[:, None])[:, :, None]
+
+
+def _zeta(log_decay: Tensor, L: int) -> Tensor:
+    """``zeta_j = gamma^(L-1-j)``: how much of position ``j`` is left in the state at the block's end. ``(H, L, 1)``"""
+    j = torch.arange(L, device=log_decay.device, dtype=log_decay.dtype)
+    return torch.exp((L - 1 - j)[None, :] * log_decay[:, None])[:, :, None]
+
+
 def _read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
-    j = torch.arange(1, q.shape[2] + 1, device=q.device, dtype=q.dtype)
-    xi = torch.exp(j[None, :] * log_decay[:, None])[:, :, None]        # (H, L, 1)
-    return (q @ state) * xi
+    return (q @ state) * _xi(log_decay, q.shape[2])
 
 
 def _update_state(state: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     L = k.shape[2]
-    distance_to_end = torch.arange(L - 1, -1, -1, device=k.device, dtype=k.dtype)
-    zeta = torch.exp(distance_to_end[None, :] * log_decay[:, None])[:, :, None]   # (H, L, 1)
-    return torch.exp(L * log_decay)[:, None, None] * state + k.transpose(-1, -2) @ (v * zeta)
+    return torch.exp(L * log_decay)[:, None, None] * state + k.transpose(-1, -2) @ (v * _zeta(log_decay, L))
+
+
+def _full_chunks(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, C: int, R: Tensor) -> Tuple[Tensor, Tensor]:
+    """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts and each chunk's contribution to the
+    state are batched matrix products over all chunks; only the cheap state recurrence
+    ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
+    Shapes: q, k ``(B, H, N*C, d_k)``, v ``(B, H, N*C, d_v)``, R ``(B, H, d_k, d_v)``.
+    """
+    B, H, T, _ = q.shape
+    qc, kc, vc = (x.unflatten(2, (T // C, C)) for x in (q, k, v))         # (B, H, N, C, d)
+    inner = ((qc @ kc.transpose(-1, -2)) * _decay_block(log_decay, C, C)[:, None]) @ vc
+    contributions = kc.transpose(-1, -2) @ (vc * _zeta(log_decay, C)[:, None])   # (B, H, N, d_k, d_v)
+    chunk_decay = torch.exp(C * log_decay)[:, None, None]
+    incoming = []
+    for U in contributions.unbind(2):
+        incoming.append(R)
+        R = torch.addcmul(U, chunk_decay, R)                                  # gamma^C R + U
+    cross = (qc @ torch.stack(incoming, dim=2)) * _xi(log_decay, C)[:, None]
+    return (inner + cross).flatten(2, 3), R
 
 
 # ---------------------------------------------------------------------------------------------
