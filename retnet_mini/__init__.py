@@ -1,7 +1,14 @@
 """retnet_mini: a compact, tested RetNet (Sun et al. 2023) in PyTorch.
 
-The math lives in :mod:`retnet_mini.retention` (pure functions), the layers in :mod:`retnet_mini.layers`,
-the language model in :mod:`retnet_mini.model`.
+Layers of the package, bottom to top (imports go one way):
+
+- :mod:`retnet_mini.retention`: the math, pure functions (decay schedules, the three forms);
+- :mod:`retnet_mini.rotation`: the theta rotation;
+- :mod:`retnet_mini.layers`: multi-scale retention, the FFN, the block;
+- :mod:`retnet_mini.model`: ``RetNetConfig`` and ``RetNetLM``;
+- :mod:`retnet_mini.transformer`: a same-size Transformer baseline with a KV cache;
+- :mod:`retnet_mini.data`, :mod:`retnet_mini.training`: tokenizer, corpus, training loop;
+- :mod:`retnet_mini.memory`, :mod:`retnet_mini.widgets`, :mod:`retnet_mini.exercises`: what the book uses.
 """
 from .retention import (
     chunkwise_retention,
@@ -14,5 +21,6 @@ from .retention import (
     update_state,
 )
 from .model import RetNetConfig, RetNetLM, RetNetState
+from .transformer import KVCache, TransformerConfig, TransformerLM
 
 __version__ = "0.1.0"
