@@ -1,0 +1,249 @@
+"""Interactive explorers that keep working on the static website, where no kernel runs.
+
+A plain ``interact`` slider moves on the website but its plot never changes: the plot is computed by a
+kernel that is not there. So :func:`frame_explorer` draws every view *ahead of time*: it calls
+``draw(value)`` once per value, renders each figure to a small PNG, stacks the PNGs in one
+``ipywidgets.Stack`` and drives which one is visible with a slider through ``ipywidgets.jslink``. The
+images and the links are saved in the notebook's widget state and the links run in the browser's JavaScript,
+so the control works in JupyterLab, in Colab and in the built book alike.
+
+Several parameters (say heads x schedule) use nested stacks, because ``jslink`` can only copy one integer
+to another: the outer stack holds one inner stack per value of the first parameter; the first slider is
+linked to the outer stack, the second slider to *every* inner stack (one link each). Moving either slider
+then shows frame ``(i, j)`` with no arithmetic in the browser.
+
+nbval cannot compare images or widget views, so a notebook should also *print* the numbers behind a view;
+:func:`table` formats them as a plain-text table, and a frame can carry the same text to show under its
+figure.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import Image, display
+from ipywidgets.embed import dependency_state
+from ipywidgets.widgets.widget_link import Link  # the class jslink returns (ipywidgets 7 and 8)
+from matplotlib.figure import Figure
+
+Values = Union[Sequence[Any], Mapping[str, Sequence[Any]]]
+Control = Union[widgets.SelectionSlider, widgets.ToggleButtons]  # both sync the chosen position as `index`
+
+# Tab is the ipywidgets 7 stand-in for Stack (Colab has shipped 7). Its tab bar would offer a second,
+# unlinked way to switch frames, so we hide it, and its frame border; the class names cover ipywidgets 7
+# (phosphor) and 8 (lumino).
+_HIDE_TABS = ("<style>.retnet-frames > .widget-tab-bar, .retnet-frames > .p-TabBar, "
+              ".retnet-frames > .lm-TabBar {display: none !important;} .retnet-frames > "
+              ".widget-tab-contents {border: none !important; padding: 0 !important;}</style>")
+
+
+class Frame(NamedTuple):
+    """One precomputed view: the parameter values that drew it, its PNG and its text (may be empty)."""
+    values: Tuple[Any, ...]
+    png: bytes
+    text: str
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Optional[Sequence[str]] = None,
+          floatfmt: str = ".4f") -> str:
+    """A plain-text table with right-aligned columns, for ``print`` (nbval compares printed text).
+
+    Floats use ``floatfmt`` (4 decimals by default: the last bits of a float differ between CPUs);
+    0-d tensors and numpy scalars are unwrapped with ``.item()``.
+    """
+    def cell(x: Any) -> str:
+        x = x.item() if hasattr(x, "item") else x
+        return format(x, floatfmt) if isinstance(x, float) else str(x)
+
+    lines = [[str(h) for h in headers]] if headers is not None else []
+    lines += [[cell(x) for x in row] for row in rows]
+    if not any(lines):
+        return ""
+    widths = [max(len(line[c]) for line in lines if c < len(line)) for c in range(max(map(len, lines)))]
+    out = ["  ".join(s.rjust(w) for s, w in zip(line, widths)) for line in lines]
+    if headers is not None:
+        out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _params(values: Values, name: str) -> List[Tuple[str, List[Any]]]:
+    """Normalize ``values`` to ``[(name, [v, ...]), ...]``, one entry per parameter."""
+    params = list(values.items()) if isinstance(values, Mapping) else [(name, values)]
+    params = [(str(n), list(vs)) for n, vs in params]
+    if not params or any(not vs for _, vs in params):
+        raise ValueError(f"frame_explorer needs at least one value per parameter, got {values!r}")
+    return params
+
+
+def render(draw: Callable[..., Any], args: Sequence[Any], dpi: int = 80,
+           label: Optional[str] = None) -> Tuple[bytes, str]:
+    """Call ``draw(*args)`` and return ``(png_bytes, text)``; every figure it opened is closed.
+
+    ``draw`` returns a matplotlib ``Figure`` or ``(Figure, text)``. Closing matters: in a notebook, open
+    pyplot figures are shown at the end of the cell, so a leak would print every frame below the explorer.
+    """
+    before = set(plt.get_fignums())
+    try:
+        with plt.rc_context():  # a draw function that changes rcParams must not change later figures
+            result = draw(*args)
+        fig, text = result if isinstance(result, tuple) else (result, "")
+        if not isinstance(fig, Figure) or not isinstance(text, str):
+            raise TypeError(f"draw must return a Figure or (Figure, str), got {type(result).__name__}")
+        buf = io.BytesIO()
+        # No "Software" tag: the same inputs give the same bytes whatever the matplotlib version.
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+        return buf.getvalue(), text
+    except Exception as err:
+        raise ValueError(f"draw failed for {label or repr(tuple(args))}: "
+                         f"{type(err).__name__}: {err}") from err
+    finally:
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+
+
+def _control(name: str, options: List[Tuple[str, Any]], values: List[Any]) -> Control:
+    """A slider for numbers, buttons for names: a slider's readout clips labels longer than ~8 characters.
+
+    Both keep the value's label on screen and expose the chosen position as the synced ``index``.
+    """
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    style = {"description_width": "initial"}
+    if numeric:
+        return widgets.SelectionSlider(options=options, value=options[0][1], description=name, style=style)
+    # display flex: put the buttons beside their description (ipywidgets 8 puts them on the next line)
+    return widgets.ToggleButtons(options=options, value=options[0][1], description=name, style=style,
+                                 layout=widgets.Layout(display="flex", align_items="center"))
+
+
+class FrameExplorer(widgets.VBox):
+    """A VBox of sliders (and a Play button) over precomputed frames; see :func:`frame_explorer`.
+
+    Attributes (for tests and notebooks): ``controls`` (per parameter, a SelectionSlider, or
+    ToggleButtons for non-numeric values, whose ``index`` is the position of the value shown),
+    ``play`` (a Play widget or None), ``stacks`` (per parameter, the Stack/Tab widgets its control
+    switches), ``links`` (the jslink objects), ``frames`` (all frames, in ``itertools.product`` order),
+    ``nbytes`` (bytes its widget state adds to the notebook).
+    """
+    controls: List[Control]
+    play: Optional[widgets.Play]
+    stacks: List[List[widgets.Widget]]
+    links: List[Link]
+    frames: List[Frame]
+    nbytes: int
+
+
+def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value", *,
+                   fmt: Callable[[Any], str] = str, play: Union[bool, str] = True, interval: int = 800,
+                   dpi: int = 80, max_bytes: int = 1_000_000,
+                   live: Optional[Values] = None) -> FrameExplorer:
+    """Precompute ``draw`` for every value and return a control that switches frames with no kernel.
+
+    ``values`` is a list (one parameter called ``name``; ``draw(v)``) or a mapping ``{name: [values]}``
+    (several parameters; ``draw(v1, v2, ...)`` in the mapping's order, one frame per combination).
+    ``draw`` returns a Figure, or ``(Figure, text)`` where the text (e.g. from :func:`table`) is shown
+    under the figure. Controls show ``fmt(value)``, never the index: a slider for numbers, buttons for
+    other values. ``play`` adds a Play button on the first parameter (or on the one named). ``live``
+    (values like ``values``, usually finer) appends :func:`live_view`, which needs a running kernel.
+
+    Raises ValueError if a parameter has no values, if ``draw`` fails (naming the values), or if the
+    explorer's widget state (PNGs in base64 plus each widget's JSON) would exceed ``max_bytes``.
+    """
+    params = _params(values, name)
+    frames, nbytes = [], 0
+    for args in itertools.product(*(vs for _, vs in params)):
+        label = ", ".join(f"{n}={v!r}" for (n, _), v in zip(params, args))
+        png, text = render(draw, args, dpi, label)
+        frames.append(Frame(args, png, text))
+        nbytes += len(base64.b64encode(png)) + len(text.encode())  # widget state stores PNGs as base64
+        if nbytes > max_bytes:  # stop early, before drawing frames that cannot fit
+            raise ValueError(f"explorer exceeds {max_bytes} bytes after {len(frames)} frames "
+                             f"({nbytes} bytes); use fewer values, a smaller figure or a lower dpi")
+
+    has_stack = hasattr(widgets, "Stack")  # ipywidgets >= 8; Colab has shipped 7
+    stacks: List[List[widgets.Widget]] = [[] for _ in params]
+    frame_iter = iter(frames)  # product order = depth-first order of the nesting below
+    # Every widget saves its own Layout (~1 KB of JSON) unless given one: frames share theirs.
+    # flex-start keeps each PNG at its own size (a Tab would otherwise stretch it to full width).
+    plain, frame_layout = widgets.Layout(), widgets.Layout(align_items="flex-start")
+    text_style = widgets.HTML.style.klass()  # the style class HTML uses (it differs in ipywidgets 7 and 8)
+
+    def build(level: int) -> widgets.Widget:
+        if level == len(params):
+            frame = next(frame_iter)
+            parts = [widgets.Image(value=frame.png, format="png", layout=plain)]
+            if frame.text:
+                parts.append(widgets.HTML(f"<pre>{html.escape(frame.text)}</pre>", layout=plain,
+                                          style=text_style))
+            return widgets.VBox(parts, layout=frame_layout)
+        children = [build(level + 1) for _ in params[level][1]]
+        if has_stack:
+            box = widgets.Stack(children, selected_index=0)
+        else:
+            box = widgets.Tab(children, selected_index=0)
+            box.add_class("retnet-frames")
+            for i, v in enumerate(params[level][1]):
+                box.set_title(i, fmt(v))  # if the tab bar shows anyway, its titles still say the value
+        stacks[level].append(box)
+        return box
+
+    root = build(0)
+    controls = [_control(n, [(fmt(v), i) for i, v in enumerate(vs)], vs) for n, vs in params]
+    # One link per (slider, stack): bidirectional, so the slider also follows a stack changed from Python.
+    links = [widgets.jslink((c, "index"), (s, "selected_index")) for c, level in zip(controls, stacks)
+             for s in level]
+    player, which = None, None
+    if play is not False:
+        names = [n for n, _ in params]
+        if play is not True and play not in names:
+            raise ValueError(f"play={play!r} is not one of the parameters {names}")
+        which = controls[0 if play is True else names.index(play)]
+    if which is not None and len(which.options) > 1:  # nothing to play over a single value
+        player = widgets.Play(min=0, max=len(which.options) - 1, value=0, interval=interval)
+        links.append(widgets.jslink((player, "value"), (which, "index")))
+
+    # The played slider sits next to its Play button; the other sliders each get a row.
+    rows = [widgets.HBox([player, c]) if player is not None and c is which else c for c in controls]
+    children: List[widgets.Widget] = [*rows, root]
+    if not has_stack:
+        children.append(widgets.HTML(_HIDE_TABS))
+    if live is not None:
+        children.append(live_view(draw, live, name, fmt=fmt))
+
+    box = FrameExplorer(children)
+    box.controls, box.play, box.stacks, box.links, box.frames = controls, player, stacks, links, frames
+    # What the notebook (and the web page) really stores: every model's JSON, defaults included as
+    # nbclient saves them, PNGs in base64: ~2-3 KB per frame over the PNGs, plus ~10 KB. (Not counted:
+    # the figure a live view's Output holds, which only the frontend knows.)
+    box.nbytes = len(json.dumps(dependency_state(box, drop_defaults=False)))
+    if box.nbytes > max_bytes:
+        raise ValueError(f"explorer exceeds {max_bytes} bytes ({box.nbytes} bytes of widget state "
+                         f"for {len(frames)} frames); use fewer values, a smaller figure or a lower dpi")
+    return box
+
+
+def live_view(draw: Callable[..., Any], values: Values, name: str = "value", *,
+              fmt: Callable[[Any], str] = str) -> widgets.VBox:
+    """Sliders that redraw ``draw`` on every move: finer than the frames, but only with a live kernel.
+
+    On the website the slider still moves and the figure stays as it was drawn at build time, hence the
+    label. Put it in its own cell (e.g. tagged ``remove-output``) if the website should not show it.
+    """
+    params = _params(values, name)
+    controls = {f"p{i}": _control(n, [(fmt(v), v) for v in vs], vs) for i, (n, vs) in enumerate(params)}
+
+    def show(**kw: Any) -> None:
+        png, text = render(draw, [kw[f"p{i}"] for i in range(len(params))])
+        display(Image(png))  # the same PNG as a frame, so live and precomputed views look alike
+        if text:
+            print(text)
+
+    out = widgets.interactive_output(show, controls)
+    note = widgets.HTML("<b>Finer view &mdash; needs a live kernel</b> (on the website this slider "
+                        "does not redraw; use the explorer above)")
+    return widgets.VBox([note, *controls.values(), out])

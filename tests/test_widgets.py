@@ -1,0 +1,191 @@
+"""Unit tests of retnet_mini.widgets: frames, jslinks, ipywidgets 7 and 8, errors, determinism."""
+import base64
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; set here only, never for the notebooks' kernels
+
+import ipywidgets  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from ipywidgets.widgets.widget_link import Link  # noqa: E402
+
+from retnet_mini import widgets as rw  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def draw(chunk):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot(range(chunk))
+    ax.set_title(f"chunk size = {chunk}")
+    return fig
+
+
+def draw2(heads, schedule):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_title(f"{heads} heads, {schedule}")
+    return fig, rw.table([[heads, schedule, 0.5]], ["heads", "schedule", "x"])
+
+
+def linked(link):
+    """The (widget, trait) pairs a jslink connects."""
+    return link.source, link.target
+
+
+def test_frames_one_per_value_and_small():
+    e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size")
+    assert [f.values for f in e.frames] == [(4,), (8,), (16,)]
+    assert all(f.png.startswith(PNG_MAGIC) and f.text == "" for f in e.frames)
+    assert len({f.png for f in e.frames}) == 3  # three different pictures
+    assert 0 < e.nbytes < 1_000_000
+    assert plt.get_fignums() == []  # every figure closed: nothing leaks into the notebook
+    stack = e.stacks[0][0]
+    assert isinstance(stack, getattr(ipywidgets, "Stack", ipywidgets.Tab))  # Tab under ipywidgets 7
+    assert [frame.children[0].value for frame in stack.children] == [f.png for f in e.frames]
+
+
+def test_readout_shows_values_not_indices():
+    e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size", fmt=lambda c: f"{c} tokens")
+    (slider,) = e.controls
+    assert slider.description == "chunk size"
+    assert [label for label, _ in slider.options] == ["4 tokens", "8 tokens", "16 tokens"]
+    assert slider.index == 0
+
+
+def test_sliders_for_numbers_buttons_for_names():
+    e = rw.frame_explorer(draw2, {"heads": [2, 4, 8], "schedule": ["paper", "experiments"]})
+    heads, schedule = e.controls
+    assert isinstance(heads, ipywidgets.SelectionSlider)
+    assert isinstance(schedule, ipywidgets.ToggleButtons)  # a slider's readout would clip "experiments"
+    assert [label for label, _ in schedule.options] == ["paper", "experiments"]
+
+
+def test_links_wired_slider_stack_and_play():
+    e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size")
+    (slider,), stack = e.controls, e.stacks[0][0]
+    assert all(isinstance(link, Link) and link._model_name == "LinkModel" for link in e.links)
+    pairs = [linked(link) for link in e.links]
+    assert ((slider, "index"), (stack, "selected_index")) in pairs
+    assert ((e.play, "value"), (slider, "index")) in pairs
+    assert (e.play.min, e.play.max) == (0, 2)
+    assert e.play in e.children[0].children  # the Play button sits next to its slider
+
+
+def test_two_parameters_nested_stacks_each_linked():
+    e = rw.frame_explorer(draw2, {"heads": [2, 4, 8], "schedule": ["paper", "experiments"]})
+    heads, schedule = e.controls
+    assert [len(level) for level in e.stacks] == [1, 3]
+    outer = e.stacks[0][0]
+    assert list(outer.children) == e.stacks[1]
+    pairs = [linked(link) for link in e.links]
+    assert ((heads, "index"), (outer, "selected_index")) in pairs
+    for inner in e.stacks[1]:  # the second slider drives every inner stack
+        assert ((schedule, "index"), (inner, "selected_index")) in pairs
+    # frame (i, j) sits at outer.children[i].children[j], and carries its table under the image
+    for i, h in enumerate([2, 4, 8]):
+        for j, s in enumerate(["paper", "experiments"]):
+            image, text = outer.children[i].children[j].children
+            frame = e.frames[2 * i + j]
+            assert frame.values == (h, s) and image.value == frame.png
+            assert f"{h}  " in text.value and s in text.value and "0.5000" in text.value
+
+
+def test_play_on_named_parameter_or_none():
+    e = rw.frame_explorer(draw2, {"heads": [2, 4], "schedule": ["a", "b", "c"]}, play="schedule")
+    assert ((e.play, "value"), (e.controls[1], "index")) in [linked(link) for link in e.links]
+    assert e.play.max == 2
+    assert rw.frame_explorer(draw, [4, 8], play=False).play is None
+    assert rw.frame_explorer(draw, [4]).play is None  # nothing to play over one value
+    with pytest.raises(ValueError, match="not one of the parameters"):
+        rw.frame_explorer(draw2, {"heads": [2], "schedule": ["a"]}, play="layers")
+
+
+def test_ipywidgets7_falls_back_to_tab(monkeypatch):
+    monkeypatch.delattr(ipywidgets, "Stack", raising=False)  # ipywidgets 7 (Colab) has no Stack
+    e = rw.frame_explorer(draw2, {"heads": [2, 4], "schedule": ["paper", "experiments"]})
+    for level in e.stacks:
+        for tab in level:
+            assert type(tab) is ipywidgets.Tab and "retnet-frames" in tab._dom_classes
+            assert tab.selected_index == 0
+    inner = e.stacks[1][0]
+    assert [inner.get_title(i) for i in range(2)] == ["paper", "experiments"]
+    pairs = [linked(link) for link in e.links]
+    assert ((e.controls[0], "index"), (e.stacks[0][0], "selected_index")) in pairs
+    style = e.children[-1]  # hides the tab bar, the second unlinked way to switch frames
+    assert isinstance(style, ipywidgets.HTML) and ".retnet-frames" in style.value
+
+
+def test_deterministic_png_bytes():
+    a = rw.frame_explorer(draw2, {"heads": [2, 4], "schedule": ["paper"]})
+    b = rw.frame_explorer(draw2, {"heads": [2, 4], "schedule": ["paper"]})
+    assert [f.png for f in a.frames] == [f.png for f in b.frames]
+    assert a.nbytes == b.nbytes
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match="at least one value"):
+        rw.frame_explorer(draw, [])
+    with pytest.raises(ValueError, match="at least one value"):
+        rw.frame_explorer(draw2, {"heads": [2], "schedule": []})
+
+    def broken(chunk):
+        plt.figure()  # opened before failing: must still be closed
+        raise RuntimeError("boom")
+
+    with pytest.raises(ValueError, match=r"draw failed for chunk size=8: RuntimeError: boom"):
+        rw.frame_explorer(broken, [8], name="chunk size")
+    assert plt.get_fignums() == []
+    with pytest.raises(ValueError, match="must return a Figure"):
+        rw.frame_explorer(lambda c: "not a figure", [1])
+    with pytest.raises(ValueError, match="exceeds 5000 bytes after 1 frames"):
+        rw.frame_explorer(draw, [4, 8, 16, 32], max_bytes=5_000)  # stops at the first frame
+    assert plt.get_fignums() == []
+
+
+def test_size_counts_the_whole_widget_state():
+    e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size")
+    pngs = sum(len(base64.b64encode(f.png)) for f in e.frames)
+    assert pngs < e.nbytes < pngs + 12_000 + 3 * 3_000  # PNGs in base64, plus each widget's JSON
+    with pytest.raises(ValueError, match="bytes of widget state for 3 frames"):
+        rw.frame_explorer(draw, [4, 8, 16], max_bytes=(pngs + e.nbytes) // 2)
+
+
+def test_pyplot_state_not_leaked():
+    def restyling(chunk):
+        plt.rcParams["lines.linewidth"] = 9.0
+        return draw(chunk)
+
+    before = plt.rcParams["lines.linewidth"]
+    rw.frame_explorer(restyling, [4])
+    assert plt.rcParams["lines.linewidth"] == before
+
+
+def test_live_view_is_labelled_and_redraws():
+    calls = []
+
+    def counting(chunk):
+        calls.append(chunk)
+        return draw(chunk)
+
+    e = rw.frame_explorer(counting, [4, 8], name="chunk size", live=[4, 5, 6, 7, 8])
+    live = e.children[-1]
+    assert "needs a live kernel" in live.children[0].value
+    slider = live.children[1]
+    assert [label for label, _ in slider.options] == ["4", "5", "6", "7", "8"]
+    assert calls == [4, 8, 4]  # two frames, then the live view's first drawing
+    slider.value = 6  # what a reader's move does in a live kernel
+    assert calls[-1] == 6 and plt.get_fignums() == []
+
+
+def test_table():
+    text = rw.table([[1, 0.123456, "a"], [100, 2.0, "bcd"]], ["n", "value", "name"])
+    assert text.splitlines() == [
+        "  n   value  name",
+        "---  ------  ----",
+        "  1  0.1235     a",
+        "100  2.0000   bcd",
+    ]
+    assert rw.table([[0.5]], floatfmt=".2f") == "0.50"
+    assert rw.table([]) == ""
