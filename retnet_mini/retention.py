@@ -138,16 +138,20 @@ def recurrent_retention(
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
-    S = _initial_state(state, B, H, d_k, d_v, q)
-    gamma = torch.exp(log_decay)[:, None, None]          # (H, 1, 1), broadcasts over B
+    # Batch and heads are folded into one dim so each step is two small 3-D batched products (4-D
+    # broadcasting matmuls are much slower for one query row on CPU).
+    S = _initial_state(state, B, H, d_k, d_v, q).reshape(B * H, d_k, d_v)
+    gamma = torch.exp(log_decay).repeat(B)[:, None, None]            # (B*H, 1, 1)
+    q3, k3, v3 = q.reshape(B * H, T, d_k), k.reshape(B * H, T, d_k), v.reshape(B * H, T, d_v)
     outputs = []
     for n in range(T):
-        S = gamma * S + k[:, :, n, :, None] * v[:, :, n, None, :]   # outer product k_n^T v_n
-        outputs.append((q[:, :, n, None, :] @ S))                    # (B, H, 1, d_v)
-    o = torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
+        # S_n = gamma S_{n-1} + k_n^T v_n (an outer product), then o_n = q_n S_n
+        S = torch.addcmul(S * gamma, k3[:, n, :, None], v3[:, n, None, :])
+        outputs.append(torch.bmm(q3[:, n, None, :], S))                # (B*H, 1, d_v)
+    o = torch.cat(outputs, dim=1) if outputs else v3.new_zeros(B * H, 0, d_v)
     return (
-        _from_compute_dtype(o, out_dtype, "recurrent_retention"),
-        _from_compute_dtype(S, out_dtype, "recurrent_retention"),
+        _from_compute_dtype(o.view(B, H, T, d_v), out_dtype, "recurrent_retention"),
+        _from_compute_dtype(S.view(B, H, d_k, d_v), out_dtype, "recurrent_retention"),
     )
 
 
