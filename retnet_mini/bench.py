@@ -1,0 +1,390 @@
+"""Benchmarks: decoding, token mixing, achieved FLOP/s, training throughput.
+
+    python -m retnet_mini.bench decode [--quick] [--json out.json] [--device cuda]
+    python -m retnet_mini.bench mixing | flops | layer | train | all
+
+Each prints a table and the ratios the project's speed targets are stated in, and can write JSON. Variants
+that are compared are *interleaved* (one call of each in turn, repeated) and summarized by the median, so
+a busy, shared machine slows all of them alike and the ratios hold. The model is the paper's design with
+vocab 256, d_model 512, 2 heads (key dim 256, value dim 512), 4 layers, against a same-size
+``TransformerLM`` (same parameter count within 5%).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .layers import MultiScaleRetention
+from .model import RetNetConfig, RetNetLM, RetNetState
+from .retention import chunkwise_retention, parallel_retention, paper_log_decay, recurrent_retention
+from .transformer import CausalSelfAttention, KVCache, TransformerConfig, TransformerLM
+
+BENCH_CONFIG = dict(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+# ---------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                        warmup: int = 1) -> Dict[str, float]:
+    """Median seconds per call of each function, calling them in turn ``repeats`` times."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _table(title: str, header: List[str], rows: List[List[object]]) -> str:
+    cells = [header] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _target(name: str, value: float, bound: float, better: str) -> dict:
+    ok = value <= bound if better == "lower" else value >= bound
+    sign = "<=" if better == "lower" else ">="
+    print(f"  target {name}: measured {value:.3f}, wanted {sign} {bound}  -> {'MET' if ok else 'MISSED'}")
+    return {"name": name, "measured": value, "bound": bound, "better": better, "met": ok}
+
+
+def bench_models(device: torch.device, dtype=torch.float32):
+    """The paper-design RetNetLM of the benchmarks and the TransformerLM of the same size."""
+    torch.manual_seed(0)
+    retnet = RetNetLM(RetNetConfig.paper(**BENCH_CONFIG)).to(device, dtype).eval()
+    transformer = TransformerLM.matching(retnet.config).to(device, dtype).eval()
+    return retnet, transformer
+
+
+# ---------------------------------------------------------------------------------------------
+# decode: per-token latency against context length.
+# ---------------------------------------------------------------------------------------------
+def _retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
+    """A state as after ``context`` tokens (random values: the step's cost does not depend on them)."""
+    g = torch.Generator(device=model.embed.weight.device).manual_seed(0)
+    shape = model.blocks[0].retention.state_shape(batch)
+    p = model.embed.weight
+    return RetNetState([torch.randn(shape, generator=g, device=p.device, dtype=p.dtype) * 0.01
+                        for _ in model.blocks], context)
+
+
+def _kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> KVCache:
+    cache = model.init_cache(batch, capacity=context + room)
+    for buf in (*cache.k, *cache.v):
+        buf[:, :, :context].normal_()
+    cache.offset = context
+    return cache
+
+
+def decode_floor_seconds(model: RetNetLM, device: torch.device, repeats: int) -> float:
+    """Time to multiply one batch-1 vector through every weight matrix of the model once: no decoder that
+    reads all its weights per token can be faster."""
+    mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(1, w.shape[1], device=device, dtype=w.dtype) for w in mats]
+
+    def floor():
+        for x, w in zip(xs, mats):
+            F.linear(x, w)
+    return interleaved_medians({"floor": floor}, repeats, device)["floor"]
+
+
+@torch.no_grad()
+def bench_decode(device: torch.device, quick: bool = False) -> dict:
+    retnet, transformer = bench_models(device)
+    contexts = [128, 1024, 4096] if quick else [128, 512, 2048, 8192, 16384]
+    steps, repeats = (4, 3) if quick else (8, 7)
+    results = {"contexts": contexts, "rows": [], "targets": []}
+    print(f"decode on {device}: RetNetLM {retnet.num_parameters():,} params (recurrent form), "
+          f"TransformerLM {transformer.num_parameters():,} params (KV cache); {steps} tokens per timing")
+    rows = []
+    for batch in (1, 8):
+        for ctx in contexts:
+            token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            r_state = _retnet_state_at(retnet, batch, ctx)
+            t_cache = _kv_cache_at(transformer, batch, ctx, steps)
+
+            def retnet_steps():
+                s = r_state
+                for _ in range(steps):
+                    _, s = retnet._forward(token, "recurrent", s, 1)
+
+            def transformer_steps():
+                t_cache.offset = ctx          # rewind: every timing decodes at the same context
+                c = t_cache
+                for _ in range(steps):
+                    _, c = transformer._forward(token, c)
+            med = interleaved_medians({"retnet": retnet_steps, "transformer": transformer_steps}, repeats, device)
+            r_ms, t_ms = med["retnet"] / steps * 1e3, med["transformer"] / steps * 1e3
+            t_cache.offset = ctx
+            row = dict(batch=batch, context=ctx, retnet_ms=r_ms, transformer_ms=t_ms, speedup=t_ms / r_ms,
+                       retnet_tok_s=batch * 1e3 / r_ms, transformer_tok_s=batch * 1e3 / t_ms,
+                       retnet_state_bytes=r_state.nbytes(), transformer_cache_bytes=t_cache.nbytes())
+            results["rows"].append(row)
+            rows.append([batch, ctx, r_ms, t_ms, row["speedup"], row["retnet_tok_s"], row["transformer_tok_s"],
+                         f"{row['retnet_state_bytes'] / 2**20:.1f}", f"{row['transformer_cache_bytes'] / 2**20:.1f}"])
+    floor_ms = decode_floor_seconds(retnet, device, repeats=21) * 1e3
+    print(_table("", ["batch", "context", "retnet ms/tok", "transf ms/tok", "speedup", "retnet tok/s",
+                      "transf tok/s", "state MiB", "cache MiB"], rows))
+    results["floor_ms"] = floor_ms
+    by = {(r["batch"], r["context"]): r for r in results["rows"]}
+    lo, hi = contexts[0], contexts[-1]
+    print(f"  weight floor (one batch-1 vector through every weight matrix): {floor_ms:.3f} ms")
+    t = results["targets"]
+    t.append(_target(f"retnet latency ctx {hi} / ctx {lo} (batch 1)",
+                     by[(1, hi)]["retnet_ms"] / by[(1, lo)]["retnet_ms"], 1.15, "lower"))
+    if not quick:
+        t.append(_target("speedup vs KV cache, batch 1, ctx 8192", by[(1, 8192)]["speedup"], 2.0, "higher"))
+        t.append(_target("speedup vs KV cache, batch 1, ctx 16384", by[(1, 16384)]["speedup"], 3.0, "higher"))
+        t.append(_target("tokens/s ratio, batch 8, ctx 8192", by[(8, 8192)]["speedup"], 5.0, "higher"))
+    t.append(_target("retnet step / weight floor (batch 1, shortest ctx)", by[(1, lo)]["retnet_ms"] / floor_ms,
+                     1.5, "lower"))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# mixing: the token-mixing functions alone, time and peak memory against T.
+# ---------------------------------------------------------------------------------------------
+MIXING_SHAPE = dict(B=1, H=2, d_k=256, d_v=512)
+
+
+def mixing_inputs(T: int, device: torch.device):
+    """Seeded ``q, k, v, log_decay`` of the mixing benchmarks' shape at length ``T``."""
+    s = MIXING_SHAPE
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k = (torch.randn(s["B"], s["H"], T, s["d_k"], generator=g, device=device) * s["d_k"] ** -0.25 for _ in range(2))
+    v = torch.randn(s["B"], s["H"], T, s["d_v"], generator=g, device=device)
+    return q, k, v, paper_log_decay(s["H"], torch.float32).to(device)
+
+
+def _mixing_fns(T: int, device: torch.device, chunk_sizes) -> Dict[str, Callable[[], object]]:
+    q, k, v, ld = mixing_inputs(T, device)
+    fns = {f"chunkwise C={c}": (lambda c=c: chunkwise_retention(q, k, v, ld, c)) for c in chunk_sizes}
+    if T <= 8192:
+        fns["parallel"] = lambda: parallel_retention(q, k, v, ld)
+    fns["sdpa attention"] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if T <= 4096 or device.type == "cuda":
+        fns["recurrent"] = lambda: recurrent_retention(q, k, v, ld)
+    return fns
+
+
+def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
+    """Peak memory that ``call`` allocates beyond what ``setup`` left allocated (both Python source run
+    with ``torch``, ``F`` and this module's names in scope).
+
+    CUDA: the allocator's peak statistics. CPU: in a fresh interpreter, the peak resident size
+    (``ru_maxrss``) after the call minus the resident size before it (a call whose peak stays below the
+    interpreter's earlier peak reads as 0: only small calls, far below the sizes benchmarked here).
+    """
+    if device.type == "cuda":
+        scope = dict(globals(), device=device)
+        exec(setup, scope)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        exec(call, scope)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    script = ("import os, resource, torch\n"
+              "import torch.nn.functional as F\n"
+              "from retnet_mini.bench import *\n"
+              "device = torch.device('cpu')\n"
+              f"{setup}\n"
+              "page = os.sysconf('SC_PAGE_SIZE')\n"
+              "resident = int(open('/proc/self/statm').read().split()[1]) * page\n"
+              f"{call}\n"
+              "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"   # KiB on Linux
+              "print(max(0, peak - resident))")
+    # A fixed mmap threshold makes glibc return every large freed block at once, so the resident size
+    # follows the live tensors instead of keeping freed memory around for reuse.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@torch.no_grad()
+def bench_mixing(device: torch.device, quick: bool = False) -> dict:
+    lengths = [512, 2048, 4096] if quick else [512, 2048, 8192, 16384]
+    chunk_sizes = [64, 256] if quick else [64, 128, 256, 512]
+    print(f"mixing on {device}: B, H, d_k, d_v = {tuple(MIXING_SHAPE.values())}; median ms per call")
+    results = {"rows": []}
+    names = None
+    for T in lengths:
+        fns = _mixing_fns(T, device, chunk_sizes)
+        med = interleaved_medians(fns, 3 if T >= 8192 else 5, device)
+        names = names or list(fns)
+        for name, sec in med.items():
+            results["rows"].append(dict(T=T, form=name, ms=sec * 1e3))
+    memory_forms = {"chunkwise C=256": "chunkwise_retention(q, k, v, ld, 256)",
+                    "parallel": "parallel_retention(q, k, v, ld)",
+                    "sdpa attention": "F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+                    "recurrent": "recurrent_retention(q, k, v, ld)"}
+    for r in results["rows"]:
+        if r["form"] in memory_forms:
+            setup = f"q, k, v, ld = mixing_inputs({r['T']}, device)"
+            r["peak_mib"] = peak_call_bytes(setup, f"with torch.no_grad(): {memory_forms[r['form']]}", device) / 2**20
+    rows = [[r["T"], r["form"], r["ms"], f"{r['peak_mib']:.1f}" if "peak_mib" in r else "-"] for r in results["rows"]]
+    print(_table("", ["T", "form", "ms", "peak MiB"], rows))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# flops: achieved GFLOP/s of chunkwise retention against torch.mm.
+# ---------------------------------------------------------------------------------------------
+def chunkwise_flops(B: int, H: int, T: int, d_k: int, d_v: int, C: int) -> int:
+    """Useful FLOPs of the chunkwise form (multiply-adds x 2): per chunk, ``q k^T`` (C x C x d_k) and its
+    product with ``v`` (C x C x d_v); per position, reading the state (d_k x d_v) and adding to it
+    (d_k x d_v). Elementwise decay factors are not counted."""
+    return 2 * B * H * T * (C * d_k + C * d_v + 2 * d_k * d_v)
+
+
+@torch.no_grad()
+def bench_flops(device: torch.device, quick: bool = False) -> dict:
+    s = MIXING_SHAPE
+    T = 4096 if quick else 8192
+    chunk_sizes = [64, 128, 256, 512, 1024]
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k = (torch.randn(s["B"], s["H"], T, s["d_k"], generator=g, device=device) for _ in range(2))
+    v = torch.randn(s["B"], s["H"], T, s["d_v"], generator=g, device=device)
+    ld = paper_log_decay(s["H"], torch.float32).to(device)
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    fns = {"mm": lambda: torch.mm(a, b)}
+    fns.update({f"C={c}": (lambda c=c: chunkwise_retention(q, k, v, ld, c)) for c in chunk_sizes})
+    med = interleaved_medians(fns, 3 if quick else 7, device)
+    mm_gflops = 2 * n ** 3 / med["mm"] / 1e9
+    rows, results = [], {"mm_gflops": mm_gflops, "T": T, "rows": []}
+    for c in chunk_sizes:
+        gf = chunkwise_flops(s["B"], s["H"], T, s["d_k"], s["d_v"], c) / med[f"C={c}"] / 1e9
+        results["rows"].append(dict(chunk=c, ms=med[f"C={c}"] * 1e3, gflops=gf, fraction_of_mm=gf / mm_gflops))
+        rows.append([c, med[f"C={c}"] * 1e3, gf, gf / mm_gflops])
+    print(f"flops on {device}: chunkwise_retention at T={T}, B, H, d_k, d_v = {tuple(s.values())}; "
+          f"torch.mm {n}x{n}: {mm_gflops:.1f} GFLOP/s")
+    print(_table("", ["chunk", "ms", "GFLOP/s", "of mm"], rows))
+    best = max(results["rows"], key=lambda r: r["fraction_of_mm"])
+    results["targets"] = [_target(f"chunkwise GFLOP/s / mm GFLOP/s (best chunk {best['chunk']})",
+                                  best["fraction_of_mm"], 0.75, "higher")]
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# layer: a multi-scale retention layer (chunkwise) against a same-size SDPA attention layer.
+# ---------------------------------------------------------------------------------------------
+def _layers(device: torch.device):
+    torch.manual_seed(0)
+    msr = MultiScaleRetention(RetNetConfig.paper(**BENCH_CONFIG)).to(device).eval()
+    attn = CausalSelfAttention(TransformerConfig(vocab_size=256, d_model=512, n_heads=2)).to(device).eval()
+    return msr, attn
+
+
+@torch.no_grad()
+def bench_layer(device: torch.device, quick: bool = False) -> dict:
+    T = 2048 if quick else 8192
+    msr, attn = _layers(device)
+    x = torch.randn(1, T, 512, device=device)
+    chunk = 256
+    fns = {"msr chunkwise": lambda: msr(x, "chunkwise", None, 0, chunk),
+           "attention (sdpa)": lambda: attn(x, attn_theta(attn, device), None, None, 0)}
+    med = interleaved_medians(fns, 3 if quick else 5, device)
+    print(f"layer on {device}: d_model 512, 2 heads, T={T}, chunk {chunk}")
+    print(_table("", ["layer", "ms"], [[n, s * 1e3] for n, s in med.items()]))
+    results = {"T": T, "ms": {n: s * 1e3 for n, s in med.items()}, "targets": []}
+    results["targets"].append(_target("msr time / attention time", med["msr chunkwise"] / med["attention (sdpa)"],
+                                      0.5, "lower"))
+    if not quick:
+        peaks = {T_: peak_call_bytes(f"msr, _ = _layers(device); x = torch.randn(1, {T_}, 512, device=device)",
+                                     "with torch.no_grad(): msr(x, 'chunkwise', None, 0, 256)", device)
+                 for T_ in (8192, 16384)}
+        results["peak_bytes"] = peaks
+        print(f"  msr peak memory: T=8192 {peaks[8192] / 2**20:.1f} MiB, T=16384 {peaks[16384] / 2**20:.1f} MiB")
+        results["targets"].append(_target("msr peak memory T=16384 / T=8192", peaks[16384] / peaks[8192], 2.2, "lower"))
+    return results
+
+
+def attn_theta(attn: CausalSelfAttention, device: torch.device):
+    from .rotation import rope_theta
+    return rope_theta(attn.head_dim).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# train: tokens per second of a training step.
+# ---------------------------------------------------------------------------------------------
+def bench_train(device: torch.device, quick: bool = False) -> dict:
+    retnet, transformer = bench_models(device)
+    retnet.train(), transformer.train()
+    opt_r = torch.optim.AdamW(retnet.parameters(), lr=1e-4)
+    opt_t = torch.optim.AdamW(transformer.parameters(), lr=1e-4)
+    results = {"rows": [], "targets": []}
+    rows = []
+    for T in ([512] if quick else [512, 2048]):
+        batch = max(1, 4096 // T)
+        x = torch.randint(0, 256, (batch, T + 1), device=device)
+
+        def step(model, opt, **kw):
+            def run():
+                logits, _ = model(x[:, :-1], **kw)
+                loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return run
+        fns = {"retnet parallel": step(retnet, opt_r, mode="parallel"),
+               "retnet chunkwise": step(retnet, opt_r, mode="chunkwise", chunk_size=256),
+               "transformer (sdpa)": step(transformer, opt_t)}
+        med = interleaved_medians(fns, 2 if quick else 3, device)
+        for name, sec in med.items():
+            results["rows"].append(dict(T=T, batch=batch, model=name, tokens_per_s=batch * T / sec))
+            rows.append([T, batch, name, batch * T / sec])
+        if T == 2048:
+            results["targets"].append(_target("train tokens/s chunkwise / transformer at T=2048",
+                                              med["transformer (sdpa)"] / med["retnet chunkwise"], 1.0, "higher"))
+    print(f"train on {device}: AdamW step, {retnet.num_parameters():,} vs {transformer.num_parameters():,} params")
+    print(_table("", ["T", "batch", "model", "tokens/s"], rows))
+    return results
+
+
+BENCHMARKS = {"decode": bench_decode, "mixing": bench_mixing, "flops": bench_flops, "layer": bench_layer,
+              "train": bench_train}
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m retnet_mini.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (seconds, for tests and the book)")
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    for name in names:
+        t0 = time.perf_counter()
+        results[name] = BENCHMARKS[name](device, quick=args.quick)
+        print(f"[{name}: {time.perf_counter() - t0:.1f} s]\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
