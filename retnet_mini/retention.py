@@ -7,7 +7,8 @@ first (see ``retnet_mini.layers``).
 Shapes used throughout (0-based positions ``n``, ``m``):
 
 - ``q, k``: ``(B, H, T, d_k)``; ``v``: ``(B, H, T, d_v)``
-- ``log_decay``: ``(H,)`` holding ``ln(gamma)`` per head, ``<= 0`` (``gamma = 1`` means no decay)
+- ``log_decay``: ``(H,)`` holding ``ln(gamma)`` per head, ``<= 0`` (``gamma = 1`` means no decay); or
+  ``(B, H, T)``, one decay per position (data-dependent decay, as in gated linear attention / Mamba-2)
 - ``state``: ``(B, H, d_k, d_v)``, ``S = sum_m gamma^(T-1-m) k_m^T v_m`` (the paper's layout)
 
 The three forms compute the same thing:
@@ -79,26 +80,67 @@ def decay_matrix(log_decay: Tensor, length: int) -> Tensor:
     """The causal decay matrix ``D[h, n, m] = gamma_h^(n-m)`` for ``n >= m``, else 0.
 
     Args:
-        log_decay: ``(H,)`` ``ln(gamma)`` per head, each ``<= 0``.
+        log_decay: ``(H,)`` ``ln(gamma)`` per head, each ``<= 0``; or ``(B, H, length)`` per position
+            (then ``D[b, h, n, m] = gamma_{m+1} ... gamma_n``).
         length: ``T``, the number of positions.
     Returns:
-        ``(H, T, T)`` in ``log_decay``'s dtype and device.
+        ``(H, T, T)`` (or ``(B, H, T, T)``) in ``log_decay``'s dtype and device.
     """
-    _check_log_decay(log_decay, n_heads=None)
     if not isinstance(length, int) or length < 0:
         raise ValueError(f"length must be a non-negative int, got {length!r}")
-    return _decay_block(log_decay, length, length)
+    per_position = isinstance(log_decay, Tensor) and log_decay.ndim == 3
+    _check_log_decay(log_decay, n_heads=None, batch_and_length=(log_decay.shape[0], length) if per_position else None)
+    D = _decay_factors(_positionwise(log_decay, length), fixed=not per_position)[0]
+    return D if per_position else D[0]
 
 
-def _decay_block(log_decay: Tensor, rows: int, cols: int) -> Tensor:
-    """``(H, rows, cols)`` block ``gamma^(n-m)`` for ``n >= m`` (n, m counted from the same start)."""
-    n = torch.arange(rows, device=log_decay.device)
-    m = torch.arange(cols, device=log_decay.device)
-    distance = (n[:, None] - m[None, :]).to(log_decay.dtype)
-    causal = distance >= 0
-    # -inf where n < m, so exp gives exactly 0 there; the exponent is never positive.
-    exponent = torch.where(causal, distance * log_decay[:, None, None], float("-inf"))
-    return torch.exp(exponent)
+# ---------------------------------------------------------------------------------------------
+# Decay factors of a block of positions. Everything below is written for a decay per position,
+# a_t = ln(gamma_t) <= 0, applied as S_t = gamma_t S_{t-1} + k_t^T v_t; RetNet's fixed decay is the case
+# a_t = ln(gamma) for every t (gated linear attention and Mamba-2 compute a_t from the input).
+# ---------------------------------------------------------------------------------------------
+def _positionwise(log_decay: Tensor, T: int) -> Tensor:
+    """``ln(gamma)`` of every position: ``(H,)`` -> a ``(1, H, T)`` view; ``(B, H, T)`` unchanged."""
+    return log_decay[None, :, None].expand(1, -1, T) if log_decay.ndim == 1 else log_decay
+
+
+def _segment_sums(a: Tensor) -> Tensor:
+    """``(..., L) -> (..., L, L)``: entry ``[n, m]`` is ``a_{m+1} + ... + a_n`` for ``n >= m`` (0 on the
+    diagonal) and ``-inf`` above it. Summed directly, not as a difference of prefix sums, which would
+    cancel catastrophically far into a sequence."""
+    L = a.shape[-1]
+    idx = torch.arange(L, device=a.device)
+    strictly_below = idx[:, None] > idx[None, :]
+    terms = a[..., :, None].expand(*a.shape, L).masked_fill(~strictly_below, 0.0)   # [n, m] = a_n if n > m
+    return terms.cumsum(-2).masked_fill(idx[:, None] < idx[None, :], float("-inf"))
+
+
+def _decay_factors(a: Tensor, fixed: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The decay factors of a block of ``L`` positions with per-position log decays ``a: (..., L)``.
+
+    Returns, each broadcastable against the block's tensors:
+
+    - ``D``  ``(..., L, L)``: ``D[n, m] = exp(a_{m+1} + ... + a_n)`` for ``n >= m``, else 0 (eq. 5's D);
+    - ``xi`` ``(..., L, 1)``: ``exp(a_0 + ... + a_j)``, how much of the incoming state position ``j`` sees;
+    - ``zeta`` ``(..., L, 1)``: ``exp(a_{j+1} + ... + a_{L-1})``, how much of position ``j`` is left at the end;
+    - ``total`` ``(..., 1, 1)``: ``exp(a_0 + ... + a_{L-1})``, the decay of the state across the block.
+
+    With a fixed decay these are ``gamma^(n-m)``, ``gamma^(j+1)``, ``gamma^(L-1-j)`` and ``gamma^L``;
+    ``fixed=True`` then forms D from the integer distance ``n - m`` times ``ln(gamma)``, exactly.
+    Every exponent is <= 0, and the masked entries are ``-inf`` before ``exp``: no overflow, no ``inf * 0``.
+    """
+    L = a.shape[-1]
+    if fixed:
+        idx = torch.arange(L, device=a.device)
+        distance = (idx[:, None] - idx[None, :]).to(a.dtype)
+        exponents = torch.where(distance >= 0, distance * a[..., :1, None], float("-inf"))
+    else:
+        exponents = _segment_sums(a)
+    from_start = a.cumsum(-1)                           # a_0 + ... + a_j
+    to_end = a.flip(-1).cumsum(-1).flip(-1)             # a_j + ... + a_{L-1}
+    after = torch.cat([to_end[..., 1:], torch.zeros_like(to_end[..., :1])], dim=-1)   # a_{j+1} + ...
+    return (torch.exp(exponents), torch.exp(from_start)[..., None], torch.exp(after)[..., None],
+            torch.exp(to_end[..., :1, None]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,16 +150,16 @@ def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Te
     """Parallel form (eq. 5): ``o = (q k^T * D) v``.
 
     Args:
-        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)``.
+        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``;
+        log_decay: ``(H,)`` (RetNet) or ``(B, H, T)`` (a decay per position).
     Returns:
         o: ``(B, H, T, d_v)``, same dtype and device as ``q``.
     Cost: O(T^2 (d_k + d_v)) time and an O(T^2) score matrix per head.
     """
     _check_inputs(q, k, v, log_decay, state=None)
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
-    T = q.shape[2]
-    scores = q @ k.transpose(-1, -2)                    # (B, H, T, T)
-    o = (scores * _decay_block(log_decay, T, T)) @ v    # D broadcasts over the batch
+    D = _decay_factors(_positionwise(log_decay, q.shape[2]), fixed=log_decay.ndim == 1)[0]
+    o = ((q @ k.transpose(-1, -2)) * D) @ v             # a fixed D broadcasts over the batch
     return _from_compute_dtype(o, out_dtype, "parallel_retention")
 
 
@@ -129,7 +171,7 @@ def recurrent_retention(
     One step per position; O(d_k d_v) memory per head whatever the length. This is the decoding form.
 
     Args:
-        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)``;
+        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)`` or ``(B, H, T)``;
         state: ``(B, H, d_k, d_v)`` carried from earlier positions, or None for an empty history.
     Returns:
         o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
@@ -141,12 +183,12 @@ def recurrent_retention(
     # Batch and heads are folded into one dim so each step is two small 3-D batched products (4-D
     # broadcasting matmuls are much slower for one query row on CPU).
     S = _initial_state(state, B, H, d_k, d_v, q).reshape(B * H, d_k, d_v)
-    gamma = torch.exp(log_decay).repeat(B)[:, None, None]            # (B*H, 1, 1)
+    gammas = torch.exp(_positionwise(log_decay, T)).expand(B, H, T).reshape(B * H, T, 1, 1)
     q3, k3, v3 = q.reshape(B * H, T, d_k), k.reshape(B * H, T, d_k), v.reshape(B * H, T, d_v)
     outputs = []
     for n in range(T):
         # S_n = gamma S_{n-1} + k_n^T v_n (an outer product), then o_n = q_n S_n
-        S = torch.addcmul(S * gamma, k3[:, n, :, None], v3[:, n, None, :])
+        S = torch.addcmul(S * gammas[:, n], k3[:, n, :, None], v3[:, n, None, :])
         outputs.append(torch.bmm(q3[:, n, None, :], S))                # (B*H, 1, d_v)
     o = torch.cat(outputs, dim=1) if outputs else v3.new_zeros(B * H, 0, d_v)
     return (
@@ -175,7 +217,7 @@ def chunkwise_retention(
     is the parallel form plus the incoming state. Cost: O(T C (d_k + d_v) + T d_k d_v), linear in T.
 
     Args:
-        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)``;
+        q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)`` or ``(B, H, T)``;
         chunk_size: ``C >= 1``; state: ``(B, H, d_k, d_v)`` or None.
     Returns:
         o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
@@ -186,26 +228,48 @@ def chunkwise_retention(
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
+    fixed = log_decay.ndim == 1
+    a = _positionwise(log_decay, T)
     R = _initial_state(state, B, H, d_k, d_v, q)
     C = max(1, min(chunk_size, T))
     n_full = T // C
     outputs = []
     if n_full:
         full = slice(0, n_full * C)
-        o_full, R = _full_chunks(q[:, :, full], k[:, :, full], v[:, :, full], log_decay, C, R)
+        o_full, R = _full_chunks(q[:, :, full], k[:, :, full], v[:, :, full], a[:, :, full], C, R, fixed)
         outputs.append(o_full)
     if T % C:  # a short last chunk of length L = T mod C: the same three terms with its own L
         tail = slice(n_full * C, T)
         qt, kt, vt = q[:, :, tail], k[:, :, tail], v[:, :, tail]
-        L = qt.shape[2]
-        inner = ((qt @ kt.transpose(-1, -2)) * _decay_block(log_decay, L, L)) @ vt
-        outputs.append(inner + _read_state(qt, R, log_decay))
-        R = _update_state(R, kt, vt, log_decay)
+        D, xi, zeta, total = _decay_factors(a[:, :, tail], fixed)
+        outputs.append(((qt @ kt.transpose(-1, -2)) * D) @ vt + (qt @ R) * xi)
+        R = total * R + kt.transpose(-1, -2) @ (vt * zeta)
     o = torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
     return (
         _from_compute_dtype(o, out_dtype, "chunkwise_retention"),
         _from_compute_dtype(R, out_dtype, "chunkwise_retention"),
     )
+
+
+def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, fixed: bool) -> Tuple[Tensor, Tensor]:
+    """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts and each chunk's contribution to the
+    state are batched matrix products over all chunks; only the cheap state recurrence
+    ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
+    Shapes: q, k ``(B, H, N*C, d_k)``, v ``(B, H, N*C, d_v)``, a ``(1 or B, H, N*C)``, R ``(B, H, d_k, d_v)``.
+    """
+    N = q.shape[2] // C
+    qc, kc, vc = (x.unflatten(2, (N, C)) for x in (q, k, v))          # (B, H, N, C, d)
+    a = a.unflatten(2, (N, C))
+    D, xi, zeta, total = _decay_factors(a[:, :, :1] if fixed else a, fixed)   # fixed: one chunk's worth
+    inner = ((qc @ kc.transpose(-1, -2)) * D) @ vc
+    contributions = kc.transpose(-1, -2) @ (vc * zeta)                     # (B, H, N, d_k, d_v)
+    chunk_decay = total.expand(*total.shape[:2], N, 1, 1)
+    incoming = []
+    for U, decay in zip(contributions.unbind(2), chunk_decay.unbind(2)):
+        incoming.append(R)
+        R = torch.addcmul(U, decay, R)                                     # gamma^C R + U
+    cross = (qc @ torch.stack(incoming, dim=2)) * xi
+    return (inner + cross).flatten(2, 3), R
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,64 +279,27 @@ def read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
     """What a block of ``L`` positions receives from the state before it: ``(q_j S) * gamma^(j+1)``.
 
     This is the chunkwise form's cross term (``xi_j = gamma^(j+1)``); added to the parallel form of the
-    block it continues a sequence exactly. Shapes: q ``(B, H, L, d_k)``, state ``(B, H, d_k, d_v)``
-    -> ``(B, H, L, d_v)``.
+    block it continues a sequence exactly. Shapes: q ``(B, H, L, d_k)``, state ``(B, H, d_k, d_v)``,
+    log_decay ``(H,)`` or ``(B, H, L)`` -> ``(B, H, L, d_v)``.
     """
     if not isinstance(state, Tensor) or state.ndim != 4:
         raise ValueError("state must be a tensor of shape (B, H, d_k, d_v)")
     values_like = q.new_empty(q.shape[:3] + (state.shape[-1],))   # only its shape is checked
     _check_inputs(q, q, values_like, log_decay, state)
-    return _read_state(q, state, log_decay)
+    xi = _decay_factors(_positionwise(log_decay, q.shape[2]), log_decay.ndim == 1)[1]
+    return (q @ state.to(q.dtype)) * xi
 
 
 def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """The state after a block of ``L`` positions: ``gamma^L S + k^T (v * zeta)``, ``zeta_j = gamma^(L-1-j)``.
 
-    Shapes: k ``(B, H, L, d_k)``, v ``(B, H, L, d_v)``, state ``(B, H, d_k, d_v)`` or None -> same.
+    Shapes: k ``(B, H, L, d_k)``, v ``(B, H, L, d_v)``, log_decay ``(H,)`` or ``(B, H, L)``, state
+    ``(B, H, d_k, d_v)`` or None -> ``(B, H, d_k, d_v)``.
     """
     _check_inputs(k, k, v, log_decay, state)
-    B, H, _, d_k = k.shape
-    return _update_state(_initial_state(state, B, H, d_k, v.shape[-1], k), k, v, log_decay)
-
-
-def _xi(log_decay: Tensor, L: int) -> Tensor:
-    """``xi_j = gamma^(j+1)``, ``j = 0..L-1``: how much of the incoming state position ``j`` still sees. ``(H, L, 1)``"""
-    j = torch.arange(L, device=log_decay.device, dtype=log_decay.dtype)
-    return torch.exp((j + 1)[None, :] * log_decay[:, None])[:, :, None]
-
-
-def _zeta(log_decay: Tensor, L: int) -> Tensor:
-    """``zeta_j = gamma^(L-1-j)``: how much of position ``j`` is left in the state at the block's end. ``(H, L, 1)``"""
-    j = torch.arange(L, device=log_decay.device, dtype=log_decay.dtype)
-    return torch.exp((L - 1 - j)[None, :] * log_decay[:, None])[:, :, None]
-
-
-def _read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
-    return (q @ state) * _xi(log_decay, q.shape[2])
-
-
-def _update_state(state: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
-    L = k.shape[2]
-    return torch.exp(L * log_decay)[:, None, None] * state + k.transpose(-1, -2) @ (v * _zeta(log_decay, L))
-
-
-def _full_chunks(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, C: int, R: Tensor) -> Tuple[Tensor, Tensor]:
-    """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts and each chunk's contribution to the
-    state are batched matrix products over all chunks; only the cheap state recurrence
-    ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
-    Shapes: q, k ``(B, H, N*C, d_k)``, v ``(B, H, N*C, d_v)``, R ``(B, H, d_k, d_v)``.
-    """
-    B, H, T, _ = q.shape
-    qc, kc, vc = (x.unflatten(2, (T // C, C)) for x in (q, k, v))         # (B, H, N, C, d)
-    inner = ((qc @ kc.transpose(-1, -2)) * _decay_block(log_decay, C, C)[:, None]) @ vc
-    contributions = kc.transpose(-1, -2) @ (vc * _zeta(log_decay, C)[:, None])   # (B, H, N, d_k, d_v)
-    chunk_decay = torch.exp(C * log_decay)[:, None, None]
-    incoming = []
-    for U in contributions.unbind(2):
-        incoming.append(R)
-        R = torch.addcmul(U, chunk_decay, R)                                  # gamma^C R + U
-    cross = (qc @ torch.stack(incoming, dim=2)) * _xi(log_decay, C)[:, None]
-    return (inner + cross).flatten(2, 3), R
+    B, H, L, d_k = k.shape
+    _, _, zeta, total = _decay_factors(_positionwise(log_decay, L), log_decay.ndim == 1)
+    return total * _initial_state(state, B, H, d_k, v.shape[-1], k) + k.transpose(-1, -2) @ (v * zeta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,16 +336,23 @@ def _describe(x: Tensor) -> str:
     return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
 
 
-def _check_log_decay(log_decay: Tensor, n_heads: Optional[int]) -> None:
+def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length=None) -> None:
+    """``(H,)``, or ``(B, H, T)`` when ``batch_and_length = (B, T)`` is given; finite, ``<= 0``."""
     if not isinstance(log_decay, Tensor):
-        raise TypeError(f"log_decay must be a torch.Tensor of shape (H,), got {type(log_decay).__name__}")
-    if log_decay.ndim != 1 or (n_heads is not None and log_decay.shape[0] != n_heads):
-        want = f"({n_heads},)" if n_heads is not None else "(H,)"
-        raise ValueError(f"log_decay must have shape {want} (one ln(gamma) per head), got {_describe(log_decay)}")
+        raise TypeError(f"log_decay must be a torch.Tensor of shape (H,) or (B, H, T), got {type(log_decay).__name__}")
+    H = "H" if n_heads is None else n_heads
+    if batch_and_length is None:
+        want, ok = f"({H},) (one ln(gamma) per head)", log_decay.ndim == 1
+    else:
+        B, T = batch_and_length
+        want = f"({H},) (one ln(gamma) per head) or ({B}, {H}, {T}) (one per position)"
+        ok = log_decay.ndim == 1 or (log_decay.ndim == 3 and log_decay.shape[0] == B and log_decay.shape[2] == T)
+    if not ok or (n_heads is not None and log_decay.shape[-2 if log_decay.ndim == 3 else 0] != n_heads):
+        raise ValueError(f"log_decay must have shape {want}, got {_describe(log_decay)}")
     if not log_decay.is_floating_point():
         raise TypeError(f"log_decay must be a floating-point tensor, got {_describe(log_decay)}")
     # Reading values back from a GPU stalls it; a model passes the same buffer at every decoding
-    # step, so a GPU tensor is checked once per (storage, version) and then trusted.
+    # step, so a GPU tensor of fixed decays is checked once per (storage, version) and then trusted.
     key = (log_decay.data_ptr(), log_decay._version, log_decay.device)
     if log_decay.device.type != "cpu" and key in _checked_gpu_decays:
         return
@@ -328,7 +362,7 @@ def _check_log_decay(log_decay: Tensor, n_heads: Optional[int]) -> None:
         raise ValueError(
             f"log_decay must be <= 0 (gamma <= 1; gamma = 1 is no decay), got max {log_decay.max().item():.6g}"
         )
-    if log_decay.device.type != "cpu":
+    if log_decay.device.type != "cpu" and log_decay.ndim == 1:
         _checked_gpu_decays.add(key)
 
 
@@ -352,7 +386,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Opt
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: use one dtype for q, k, v")
-    _check_log_decay(log_decay, n_heads=q.shape[1])
+    _check_log_decay(log_decay, n_heads=q.shape[1], batch_and_length=(q.shape[0], q.shape[2]))
     if state is not None:
         B, H, _, d_k = q.shape
         want = (B, H, d_k, v.shape[-1])

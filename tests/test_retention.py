@@ -269,3 +269,92 @@ def test_mixed_devices_rejected():
     q = torch.zeros(1, 1, 4, 2)
     with pytest.raises(ValueError, match="device"):
         parallel_retention(q, q.cuda(), q, torch.zeros(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# A decay per position, log_decay of shape (B, H, T): S_t = gamma_t S_{t-1} + k_t^T v_t.
+# ---------------------------------------------------------------------------------------------
+def naive_positionwise(q, k, v, gammas, state=None):
+    """o_n = sum_{m<=n} (gamma_{m+1} ... gamma_n) (q_n . k_m) v_m + (gamma_0 ... gamma_n) q_n S0, and the
+    final state, one term at a time. gammas: (B, H, T) float64."""
+    B, H, T, _ = q.shape
+    o = torch.zeros(B, H, T, v.shape[-1], dtype=q.dtype)
+    S = torch.zeros(B, H, k.shape[-1], v.shape[-1], dtype=q.dtype)
+    for b in range(B):
+        for h in range(H):
+            g = gammas[b, h]
+            for n in range(T):
+                for m in range(n + 1):
+                    o[b, h, n] += torch.prod(g[m + 1:n + 1]) * torch.dot(q[b, h, n], k[b, h, m]) * v[b, h, m]
+                if state is not None:
+                    o[b, h, n] += torch.prod(g[:n + 1]) * (q[b, h, n] @ state[b, h])
+            for m in range(T):
+                S[b, h] += torch.prod(g[m + 1:]) * torch.outer(k[b, h, m], v[b, h, m])
+            if state is not None:
+                S[b, h] += torch.prod(g) * state[b, h]
+    return o, S
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, data=st.data())
+def test_positionwise_decay_forms_match_naive_loop(shape, data):
+    B, H, T, d_k, d_v = shape
+    q, k, v, _ = random_inputs(B, H, T, d_k, d_v, [0.5] * H, seed=data.draw(st.integers(0, 99)))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    gammas = torch.rand(B, H, T, generator=g, dtype=torch.float64).clamp(min=0.01)
+    gammas[..., ::3] = 1.0                                   # gamma = 1 (no decay) at some positions
+    ld = gammas.log()
+    S0 = torch.randn(B, H, d_k, d_v, dtype=torch.float64) if data.draw(st.booleans()) else None
+    want, want_state = naive_positionwise(q, k, v, gammas, S0)
+    chunk = data.draw(st.integers(1, T + 3))
+    o_r, s_r = recurrent_retention(q, k, v, ld, S0)
+    o_c, s_c = chunkwise_retention(q, k, v, ld, chunk, S0)
+    o_p = parallel_retention(q, k, v, ld) + (read_state(q, S0, ld) if S0 is not None else 0)
+    for o in (o_r, o_c, o_p):
+        assert rel_err(o, want) < 1e-12
+    for s in (s_r, s_c, update_state(S0, k, v, ld)):
+        assert rel_err(s, want_state) < 1e-12
+
+
+def test_positionwise_constant_decay_equals_fixed_decay():
+    q, k, v, ld = random_inputs(2, 3, 70, 4, 5, [0.3, 0.9, 1.0])
+    per_position = ld[None, :, None].expand(2, 3, 70).contiguous()
+    for fixed, general in [(parallel_retention(q, k, v, ld), parallel_retention(q, k, v, per_position)),
+                           (chunkwise_retention(q, k, v, ld, 16)[0], chunkwise_retention(q, k, v, per_position, 16)[0])]:
+        assert rel_err(general, fixed) < 1e-12
+    D = decay_matrix(per_position, 70)
+    assert D.shape == (2, 3, 70, 70) and rel_err(D[1], decay_matrix(ld, 70)) < 1e-12
+
+
+def test_positionwise_split_and_gradcheck():
+    q, k, v, _ = random_inputs(1, 2, 11, 3, 2, [0.5, 0.5])
+    ld = torch.rand(1, 2, 11, dtype=torch.float64).clamp(min=0.05).log()
+    o, s = chunkwise_retention(q, k, v, ld, 4)
+    o1, s1 = chunkwise_retention(q[:, :, :5], k[:, :, :5], v[:, :, :5], ld[:, :, :5], 3)
+    o2, s2 = recurrent_retention(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], ld[:, :, 5:], s1)
+    assert rel_err(torch.cat([o1, o2], 2), o) < 1e-12 and rel_err(s2, s) < 1e-12
+    # the decay itself gets gradients too (a gated layer learns it)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, ld)]
+    assert torch.autograd.gradcheck(lambda q, k, v, a: chunkwise_retention(q, k, v, a, 4)[0], leaves)
+    assert torch.autograd.gradcheck(lambda q, k, v, a: parallel_retention(q, k, v, a), leaves)
+
+
+def test_positionwise_long_sequence_no_overflow():
+    """Strong decays far into a long sequence: exponents are summed per segment, never as a difference
+    of huge prefix sums, so float32 stays finite and tracks float64."""
+    q, k, v, _ = random_inputs(1, 2, 8192, 4, 4, [0.5, 0.5])
+    g = torch.Generator().manual_seed(3)
+    ld = torch.where(torch.rand(1, 2, 8192, generator=g, dtype=torch.float64) < 0.5, math.log(0.01), -1e-4)
+    ref, _ = chunkwise_retention(q, k, v, ld, 128)
+    o32, s32 = chunkwise_retention(*(x.float() for x in (q, k, v, ld)), 128)
+    assert torch.isfinite(o32).all() and rel_err(o32.double(), ref) < 1e-4
+    p32 = parallel_retention(*(x.float() for x in (q[:, :, :2048], k[:, :, :2048], v[:, :, :2048], ld[:, :, :2048])))
+    assert torch.isfinite(p32).all() and rel_err(p32.double(), ref[:, :, :2048]) < 1e-4
+
+
+def test_positionwise_bad_shapes():
+    q = torch.zeros(2, 3, 5, 4)
+    with pytest.raises(ValueError, match=r"\(2, 3, 5\) \(one per position\)"):
+        chunkwise_retention(q, q, q, torch.zeros(2, 3, 6), 2)
+    with pytest.raises(ValueError, match="log_decay must be <= 0"):
+        recurrent_retention(q, q, q, torch.full((2, 3, 5), 0.1))
