@@ -1,0 +1,325 @@
+"""The drawings behind the book's two explorers, and the numbers behind them.
+
+- **Decay** (book/decay.ipynb): for ``n_heads`` and a schedule (``"paper (eq. 8)"`` or
+  ``"experiments"``), each head's gamma, half-life and effective span, the decay matrix ``D`` and the
+  normalized ``D~ = D / sqrt(rowsum D)`` as heat maps, and the decay curves ``gamma^n``.
+  :func:`draw_decay` returns ``(Figure, text)``; :func:`decay_table` is the text; :func:`decay_explorer`
+  precomputes the views with :func:`retnet_mini.widgets.frame_explorer`.
+- **Chunk size** (the three-forms chapter): which entries of the ``T x T`` causal matrix a chunk computes
+  itself (:func:`chunk_regions`) and what parallel, recurrent and chunkwise retention cost
+  (:func:`form_costs`). :func:`draw_chunks`, :func:`chunk_table`, :func:`chunk_size_explorer`.
+
+Everything here is a pure function of its arguments (no randomness), so a view drawn twice is the same.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from .bench import chunkwise_flops
+from .layers import rescale_factors
+from .retention import decay_matrix, experiment_log_decay, paper_log_decay
+from .widgets import FrameExplorer, frame_explorer, table
+
+__all__ = [
+    "SCHEDULES", "schedule_log_decay", "half_life", "effective_span", "normalized_decay_matrix",
+    "decay_rows", "decay_table", "draw_decay", "decay_explorer",
+    "ZERO", "INNER", "STATE", "chunk_regions", "chunk_lengths", "parallel_flops", "recurrent_flops",
+    "chunkwise_flops_exact", "memory_numbers", "form_costs", "chunk_table", "draw_chunks",
+    "chunk_size_explorer",
+]
+
+# =============================================================================================
+# Decay
+# =============================================================================================
+SCHEDULES = {"paper (eq. 8)": paper_log_decay, "experiments": experiment_log_decay}
+SPAN_TOL = 1e-3
+
+
+def schedule_log_decay(n_heads: int, schedule: str) -> Tensor:
+    """``ln(gamma)`` per head, float64 ``(n_heads,)``, for a schedule named as in :data:`SCHEDULES`."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    return SCHEDULES[schedule](n_heads)
+
+
+def half_life(log_decay: Tensor) -> Tensor:
+    """Tokens after which a head keeps half the weight: ``ln 0.5 / ln gamma`` (inf for gamma = 1)."""
+    ld = log_decay.double()
+    return torch.where(ld < 0, math.log(0.5) / ld, math.inf)
+
+
+def effective_span(log_decay: Tensor, tol: float = SPAN_TOL) -> Tensor:
+    """The fewest tokens ``n`` with ``gamma^n < tol``: ``floor(ln tol / ln gamma) + 1`` (inf for gamma = 1).
+
+    Float64 tensor of whole numbers (a float so that gamma = 1 can be inf). At an exact tie
+    (``gamma^n == tol`` for a whole ``n``) the rounding of the logarithms decides.
+    """
+    if not 0 < tol < 1:
+        raise ValueError(f"tol must be in (0, 1), got {tol!r}")
+    ld = log_decay.double()
+    return torch.where(ld < 0, torch.floor(math.log(tol) / ld) + 1, math.inf)
+
+
+def normalized_decay_matrix(log_decay: Tensor, length: int) -> Tensor:
+    """``D~[h, n, m] = D[h, n, m] / sqrt(sum_{i<=n} D[h, n, i])`` (the paper's second rescaling), ``(H, T, T)``."""
+    return decay_matrix(log_decay, length) * rescale_factors(log_decay, 0, length)
+
+
+def decay_rows(n_heads: int, schedule: str, context: int = 2048) -> List[list]:
+    """One row of numbers per head: ``[head, gamma, 1/(1-gamma), half-life, span, gamma^context]``.
+
+    ``1/(1-gamma)`` is the head's time constant (``gamma^n ~ exp(-n (1-gamma))``); the span is an int
+    (tokens until gamma^n < 1e-3); ``gamma^context`` is the weight left at distance ``context``.
+    """
+    ld = schedule_log_decay(n_heads, schedule)
+    time_constant = -1.0 / torch.expm1(ld)            # 1 / (1 - gamma), exact for gamma near 1
+    lives, spans = half_life(ld), effective_span(ld)
+    return [[h, math.exp(ld[h].item()), time_constant[h].item(), lives[h].item(), int(spans[h].item()),
+             math.exp(context * ld[h].item())] for h in range(n_heads)]
+
+
+def decay_table(n_heads: int, schedule: str, context: int = 2048) -> str:
+    """:func:`decay_rows` as a printable table, under a line naming the view.
+
+    gamma has 4 decimals, so 1 - 2^-20 prints as 1.0000: the time constant ``1/(1-gamma)`` tells the heads
+    apart. Token counts get one decimal (half-life) or none (span).
+    """
+    headers = ["head", "gamma", "1/(1-gamma)", "half-life", "span (1e-3)", f"gamma^{context}"]
+    rows = [[h, f"{g:.4f}", f"{tc:,.1f}", f"{hl:,.1f}", f"{sp:,}", f"{w:.4f}"]
+            for h, g, tc, hl, sp, w in decay_rows(n_heads, schedule, context)]
+    return f"{n_heads} head{'s' * (n_heads > 1)}, schedule: {schedule}\n" + table(rows, headers)
+
+
+def _head_colors(n_heads: int):
+    return plt.cm.viridis(np.linspace(0.0, 0.9, n_heads))
+
+
+def draw_decay(n_heads: int, schedule: str, length: int = 32) -> Tuple[Figure, str]:
+    """The decay view: the curves ``gamma_h^n`` (half-life where a curve crosses 1/2, span where it crosses
+    1e-3), and ``D``, ``D~`` of the fastest and the slowest head for ``length`` positions.
+
+    Returns ``(figure, decay_table(n_heads, schedule))``. Axes are fixed (not fitted to the data) so that
+    views of different settings compare at a glance.
+    """
+    ld = schedule_log_decay(n_heads, schedule)
+    colors = _head_colors(n_heads)
+    fig = plt.figure(figsize=(9, 4))
+    fig.suptitle(f"{n_heads} head{'s' * (n_heads > 1)}, schedule: {schedule}", fontsize=12, y=0.98)
+    left = fig.add_gridspec(1, 1, left=0.08, right=0.5, top=0.86, bottom=0.12)
+    right = fig.add_gridspec(2, 2, left=0.56, right=0.99, top=0.88, bottom=0.08, wspace=0.1, hspace=0.45)
+
+    curves = fig.add_subplot(left[0])
+    n = np.logspace(0, 7, 120)
+    for h in range(n_heads):
+        # not antialiased: many smooth curves would triple the PNG's size (frames are stored in the page)
+        curves.plot(n, np.exp(n * ld[h].item()), color=colors[h], lw=1.5, antialiased=False)
+    curves.plot(half_life(ld).numpy(), np.full(n_heads, 0.5), "o", ms=3, color="black")
+    curves.axhline(0.5, color="gray", ls=":", lw=1)
+    curves.axhline(SPAN_TOL, color="gray", ls="--", lw=1)
+    curves.text(1.3, 0.3, "half-life", fontsize=8, color="gray")
+    curves.text(1.3, SPAN_TOL * 1.6, "span (1e-3)", fontsize=8, color="gray")
+    curves.set(xscale="log", yscale="log", xlim=(1, 1e7), ylim=(1e-4, 1.5))
+    curves.set_xlabel("distance n - m (tokens)", labelpad=1)
+    curves.set_ylabel(r"weight $\gamma^{n-m}$", labelpad=1)
+    curves.set_title("one decay curve per head (fast: dark, slow: light)", fontsize=10)
+
+    D, Dn = decay_matrix(ld, length), normalized_decay_matrix(ld, length)
+    cmap = plt.cm.viridis.with_extremes(bad="white")      # the masked upper triangle shows white
+    ticks = [0, length - 1]
+    for i, (M, name) in enumerate([(D, "D"), (Dn, "D~")]):
+        for j, (h, which) in enumerate([(0, "fastest"), (n_heads - 1, "slowest")]):
+            ax = fig.add_subplot(right[i, j])
+            values = M[h].numpy().copy()
+            values[np.triu_indices(length, 1)] = np.nan
+            ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(f"{name}, head {h} ({which})", fontsize=8, pad=2)
+            ax.set_xlabel(f"1/(1-$\\gamma$) = {-1 / math.expm1(ld[h].item()):,.0f}", fontsize=8, labelpad=0)
+            ax.set(xticks=ticks, yticks=ticks)
+            ax.tick_params(labelsize=7, pad=1, length=2)
+    return fig, decay_table(n_heads, schedule)
+
+
+def decay_explorer(heads: Sequence[int] = (1, 2, 4, 8, 16),
+                   schedules: Sequence[str] = tuple(SCHEDULES), dpi: int = 72, **kwargs) -> FrameExplorer:
+    """A no-kernel explorer of :func:`draw_decay`: a slider (with Play) for the number of heads, buttons for
+    the schedule. Extra keyword arguments go to :func:`retnet_mini.widgets.frame_explorer` (e.g. ``live``).
+    """
+    return frame_explorer(draw_decay, {"heads": list(heads), "schedule": list(schedules)},
+                          play="heads", dpi=dpi, **kwargs)
+
+
+# =============================================================================================
+# Chunk size
+# =============================================================================================
+ZERO, INNER, STATE = 0, 1, 2
+REGION_NAMES = {ZERO: "zero (m > n)", INNER: "inside the chunk (parallel)", STATE: "through the state"}
+
+
+def chunk_regions(length: int, chunk_size: int) -> np.ndarray:
+    """``(T, T)`` int array: how the chunkwise form obtains entry ``(n, m)`` of ``Q K^T * D``.
+
+    ``INNER`` (1): ``m <= n`` in the same chunk, computed by the chunk's own parallel product;
+    ``STATE`` (2): ``m`` in an earlier chunk, reaching ``n`` through the carried state;
+    ``ZERO`` (0): ``m > n``, masked by causality. A short last chunk is a chunk like the others.
+    """
+    if length < 0 or chunk_size < 1:
+        raise ValueError(f"need length >= 0 and chunk_size >= 1, got {length}, {chunk_size}")
+    pos = np.arange(length)
+    n, m = pos[:, None], pos[None, :]
+    same_chunk = (n // chunk_size) == (m // chunk_size)
+    regions = np.full((length, length), ZERO, dtype=np.int8)
+    regions[(m <= n) & same_chunk] = INNER
+    regions[(m <= n) & ~same_chunk] = STATE
+    return regions
+
+
+def chunk_lengths(length: int, chunk_size: int) -> List[int]:
+    """The chunks' lengths, e.g. ``(10, 4) -> [4, 4, 2]``; ``chunk_size > T`` gives one chunk."""
+    full, last = divmod(length, chunk_size)
+    return [chunk_size] * full + ([last] if last else [])
+
+
+# Costs for ONE head of ONE sequence, d_k and d_v the head's key and value widths. FLOPs count the matrix
+# products only (multiply-adds x 2), the convention of bench.chunkwise_flops; elementwise decay factors and
+# building D, xi, zeta are left out. Memory counts the numbers held besides q, k, v and the output.
+def parallel_flops(length: int, d_k: int, d_v: int) -> int:
+    """``Q K^T`` (T x T x d_k) and its product with ``V`` (T x T x d_v), the masked half included."""
+    return 2 * length * length * (d_k + d_v)
+
+
+def recurrent_flops(length: int, d_k: int, d_v: int) -> int:
+    """Per position: ``k_n^T v_n`` added to the state (d_k x d_v) and ``q_n S_n`` (d_k x d_v)."""
+    return 2 * length * 2 * d_k * d_v
+
+
+def chunkwise_flops_exact(length: int, d_k: int, d_v: int, chunk_size: int) -> int:
+    """:func:`retnet_mini.bench.chunkwise_flops` summed over the actual chunks: the whole ones, and a short
+    last one of length ``L`` whose inner product is ``L x L`` (bench's formula assumes ``C`` divides ``T``)."""
+    return sum(chunkwise_flops(1, 1, L, d_k, d_v, L) for L in chunk_lengths(length, chunk_size))
+
+
+def memory_numbers(form: str, length: int, d_k: int, d_v: int, chunk_size: int = 0) -> int:
+    """Numbers held at once (besides q, k, v, o) by each form, for one head of one sequence.
+
+    - ``"parallel"``: the ``T x T`` scores and ``D``;
+    - ``"recurrent"``: the ``d_k x d_v`` state;
+    - ``"chunkwise"``: one chunk at a time, its ``C x C`` scores and ``D``, and the state;
+    - ``"chunkwise, batched"``: as ``retention.chunkwise_retention`` runs the whole chunks (all at once,
+      for speed): every chunk's scores (``N C^2``), one ``D`` block, each chunk's contribution to the state
+      and the state each chunk receives (``2 N d_k d_v``), and the state. A short last chunk, run afterwards,
+      holds less than that.
+    """
+    C = min(chunk_size, length) if chunk_size else 0
+    if form == "parallel":
+        return 2 * length * length
+    if form == "recurrent":
+        return d_k * d_v
+    if form == "chunkwise":
+        return 2 * C * C + d_k * d_v
+    if form == "chunkwise, batched":
+        n_full = length // C
+        if n_full == 0:
+            return 2 * C * C + d_k * d_v
+        return n_full * C * C + C * C + 2 * n_full * d_k * d_v + d_k * d_v
+    raise ValueError(f"form must be parallel, recurrent, chunkwise or 'chunkwise, batched', got {form!r}")
+
+
+def form_costs(length: int, chunk_size: int, d_k: int, d_v: int) -> Dict[str, Dict[str, int]]:
+    """``{form: {"flops", "memory", "steps"}}`` for one head of one sequence; ``steps`` counts the
+    sequential steps (parallel 1, recurrent T, chunkwise one per chunk)."""
+    n_chunks = len(chunk_lengths(length, chunk_size))
+    chunk = {"flops": chunkwise_flops_exact(length, d_k, d_v, chunk_size), "steps": n_chunks}
+    return {
+        "parallel": {"flops": parallel_flops(length, d_k, d_v), "steps": 1,
+                     "memory": memory_numbers("parallel", length, d_k, d_v)},
+        "recurrent": {"flops": recurrent_flops(length, d_k, d_v), "steps": length,
+                      "memory": memory_numbers("recurrent", length, d_k, d_v)},
+        "chunkwise": dict(chunk, memory=memory_numbers("chunkwise", length, d_k, d_v, chunk_size)),
+        "chunkwise, batched": dict(chunk, memory=memory_numbers("chunkwise, batched", length, d_k, d_v,
+                                                                chunk_size)),
+    }
+
+
+def chunk_table(length: int, chunk_sizes: Sequence[int], d_k: int = 256, d_v: int = 512) -> str:
+    """The cost model for each chunk size at length ``T``, parallel and recurrent as reference rows.
+
+    FLOPs of the matrix products, memory in numbers held (:func:`memory_numbers`: "memory" for a loop over
+    chunks, "batched memory" for ``chunkwise_retention`` as written), sequential steps."""
+    rows = []
+    for C in chunk_sizes:
+        c = form_costs(length, C, d_k, d_v)
+        rows.append([f"chunkwise C={C}", f"{c['chunkwise']['flops']:.3e}", f"{c['chunkwise']['memory']:.3e}",
+                     f"{c['chunkwise, batched']['memory']:.3e}", f"{c['chunkwise']['steps']:,}"])
+    ref = form_costs(length, 1, d_k, d_v)
+    for form in ("parallel", "recurrent"):
+        rows.append([form, f"{ref[form]['flops']:.3e}", f"{ref[form]['memory']:.3e}", "",
+                     f"{ref[form]['steps']:,}"])
+    title = f"one head: T = {length}, d_k = {d_k}, d_v = {d_v}"
+    return title + "\n" + table(rows, ["form", "FLOPs", "memory", "batched memory", "steps"])
+
+
+def _layout(length: int, chunk_size: int) -> str:
+    lengths = chunk_lengths(length, chunk_size)
+    full = lengths.count(chunk_size) if chunk_size <= length else 0
+    text = f"{full} x {chunk_size}" if full else ""
+    if len(lengths) > full:
+        text += (" + " if text else "1 x ") + f"{lengths[-1]}"
+    return text
+
+
+_REGION_CMAP = ListedColormap(["white", "tab:blue", "tab:orange"])
+
+
+def draw_chunks(length: int, chunk_size: int, d_k: int = 256, d_v: int = 512) -> Tuple[Figure, str]:
+    """The chunk view: the ``T x T`` matrix colored by :func:`chunk_regions`, and the cost model over chunk
+    sizes (powers of two up to ``T``, and the chosen one, circled). Returns ``(figure, chunk_table(...))``."""
+    regions = chunk_regions(length, chunk_size)
+    fig = plt.figure(figsize=(10, 3.6))
+    fig.suptitle(f"T = {length}, chunk size C = {chunk_size}: chunks {_layout(length, chunk_size)}", y=0.98)
+    grid = fig.add_gridspec(1, 3, left=0.06, right=0.99, top=0.84, bottom=0.14, wspace=0.28,
+                            width_ratios=[1.0, 1.2, 1.2])
+    ax = fig.add_subplot(grid[0])
+    ax.imshow(regions, cmap=_REGION_CMAP, vmin=0, vmax=2, interpolation="nearest")
+    if length // chunk_size <= 32:                           # chunk boundaries, while they stay readable
+        for b in range(chunk_size, length, chunk_size):
+            ax.axhline(b - 0.5, color="white", lw=0.6)
+            ax.axvline(b - 0.5, color="white", lw=0.6)
+    ax.set_xlabel("m (key position)", labelpad=1)
+    ax.set_ylabel("n (query position)", labelpad=1)
+    ax.set_title("blue: inside a chunk; orange: via the state", fontsize=9)
+    ax.tick_params(labelsize=7)
+
+    sizes = sorted({2 ** p for p in range(int(math.log2(length)) + 1)} | {min(chunk_size, length)})
+    costs = {C: form_costs(length, C, d_k, d_v) for C in sizes}
+    here, C_here = form_costs(length, chunk_size, d_k, d_v), min(chunk_size, length)
+    panels = [("flops", "FLOPs (matrix products)", ["chunkwise"]),
+              ("memory", "memory (numbers held)", ["chunkwise", "chunkwise, batched"])]
+    for axis, (key, title, forms) in zip((fig.add_subplot(grid[1]), fig.add_subplot(grid[2])), panels):
+        axis.axhline(here["parallel"][key], color="tab:green", ls="--", label="parallel")
+        axis.axhline(here["recurrent"][key], color="tab:purple", ls=":", label="recurrent")
+        for form, color, marker in zip(forms, ("tab:blue", "tab:orange"), "os"):
+            axis.plot(sizes, [costs[C][form][key] for C in sizes], marker + "-", ms=3, color=color, label=form)
+            axis.plot([C_here], [here[form][key]], "o", ms=10, mfc="none", color="black")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("chunk size C", labelpad=1)
+        axis.set_title(f"{title}, one head", fontsize=9)
+        axis.tick_params(labelsize=7)
+        axis.grid(True, which="major", alpha=0.3)
+        axis.legend(fontsize=7)
+    return fig, chunk_table(length, [chunk_size], d_k, d_v)
+
+
+def chunk_size_explorer(length: int = 1024, chunk_sizes: Sequence[int] = (16, 32, 64, 96, 128, 256, 512, 1024),
+                        d_k: int = 256, d_v: int = 512, dpi: int = 72, **kwargs) -> FrameExplorer:
+    """A no-kernel explorer of :func:`draw_chunks` at length ``T``: a slider (with Play) for the chunk size."""
+    return frame_explorer(lambda C: draw_chunks(length, C, d_k, d_v), list(chunk_sizes), "chunk size",
+                          dpi=dpi, **kwargs)
