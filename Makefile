@@ -1,0 +1,103 @@
+# RetNet, derived: build the book and run its tests. `make help` lists the targets.
+#   make book   create .venv if needed, install what the book needs, build the site into _build/html
+#   make test   unit tests, nbval on every notebook, site build, real-browser test (in that order)
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# The Python that creates .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed first, only when the venv has no torch. On the project's machines this exact pin is a local
+# CPU wheel; elsewhere pass your own, e.g. make book TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
+TORCH_SPEC ?= torch==2.13.0
+# Seconds per notebook cell under nbval.
+NBVAL_CELL_TIMEOUT ?= 600
+# What `make nbval` and `make regen` run, e.g. NOTEBOOKS=book/intro.ipynb.
+NOTEBOOKS ?= book/
+PORT ?= 8000
+JB_FLAGS := -W -n --keep-going
+REPORTS := _build/reports
+TIMED := bash scripts/timed
+
+.PHONY: help book test unit nbval site site-fresh browser browser-setup regen serve screenshot clean env
+
+help:
+	@echo "make book        create .venv if needed, install the toolchain, build the site (_build/html)"
+	@echo "make test        unit -> nbval -> site -> browser, each timed (see _build/reports/stages.txt)"
+	@echo "make unit        package tests and notebook guards (pytest tests/)"
+	@echo "make nbval       re-run every notebook and compare with its stored outputs (strict nbval)"
+	@echo "make site        build the site from the stored outputs (warnings are errors)"
+	@echo "make site-fresh  build the site re-executing every notebook (a failing cell fails the build)"
+	@echo "make browser     headless Chromium over every page of the built site, offline"
+	@echo "make regen       regenerate stored notebook outputs (NOTEBOOKS=book/x.ipynb for one)"
+	@echo "make serve       serve _build/html on http://127.0.0.1:$(PORT)"
+	@echo "make screenshot  refresh docs/screenshot.png from the browser test's screenshot"
+
+# ------------------------------------------------------------------ environment
+# Creates .venv when missing; installs torch first when the venv has none; then requirements.txt,
+# unless scripts/check_env.py finds everything already there (no network, no reinstall).
+env:
+	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" \
+		|| { echo "installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(TORCH_SPEC); }
+	@$(PY) scripts/check_env.py >/dev/null || { echo "installing requirements.txt"; \
+		$(PY) -m pip install -q -r requirements.txt; }
+
+# ------------------------------------------------------------------ the two commands of the README
+book: env
+	@$(MAKE) --no-print-directory site
+	@echo "Open _build/html/index.html in a browser, or run: make serve"
+
+test: env
+	@rm -f $(REPORTS)/stages.txt
+	@$(TIMED) unit $(MAKE) --no-print-directory unit
+	@$(TIMED) nbval $(MAKE) --no-print-directory nbval
+	@$(TIMED) site $(MAKE) --no-print-directory site
+	@$(TIMED) browser $(MAKE) --no-print-directory browser
+	@echo "stage seconds:"; cat $(REPORTS)/stages.txt
+
+# ------------------------------------------------------------------ stages (each runs alone too)
+unit: env
+	@mkdir -p $(REPORTS)
+	$(PY) -m pytest tests -q -p no:cacheprovider --junitxml=$(REPORTS)/unit.xml
+
+nbval: env
+	@mkdir -p $(REPORTS)
+	$(PY) -m pytest $(NOTEBOOKS) --nbval --nbval-current-env --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -q -p no:cacheprovider --junitxml=$(REPORTS)/nbval.xml
+
+site: env
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
+
+site-fresh: env
+	@mkdir -p _build
+	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'force'; \
+		yaml.safe_dump(c, open('_build/_config.force.yml', 'w'), sort_keys=False)"
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	$(VENV)/bin/jupyter-book build . --config _build/_config.force.yml $(JB_FLAGS)
+
+browser-setup: env
+	PYTHON=$(PY) bash tests/browser/setup.sh
+
+browser: browser-setup
+	@mkdir -p $(REPORTS)
+	$(PY) -m pytest tests/browser -m browser -q -p no:cacheprovider --junitxml=$(REPORTS)/browser.xml
+
+# ------------------------------------------------------------------ helpers
+regen: env
+	$(PY) scripts/regen_notebooks.py $(filter %.ipynb,$(NOTEBOOKS))
+
+serve:
+	@echo "serving _build/html on http://127.0.0.1:$(PORT)  (Ctrl-C stops)"
+	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+screenshot:
+	$(PY) -c "from PIL import Image; im = Image.open('_screenshots/book__intro-figure.png').convert('RGB'); \
+		im.thumbnail((960, 960)); im.quantize(256, method=Image.Quantize.FASTOCTREE).save('docs/screenshot.png', optimize=True)"
+
+clean:
+	rm -rf _build _screenshots

@@ -1,0 +1,167 @@
+"""Checkers for the exercises of "Why RetNet?" (book/intro.ipynb): decoding-memory arithmetic.
+
+- :func:`check_kv_cache_bytes`: bytes of one sequence's KV cache.
+- :func:`check_state_bytes`: bytes of one sequence's RetNet state.
+- :func:`check_max_batch`: how many sequences fit in a GPU's memory next to the weights.
+
+Each checker calls the reader's function on random model shapes and compares it with
+:mod:`retnet_mini.memory`; on a mismatch it raises :class:`ExerciseError` with the case, the answer, the
+expected value and, when the answer matches a known mistake, a hint.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+
+import torch
+
+from ..memory import kv_cache_numbers, max_batch_size, retnet_state_numbers
+from . import ExerciseError, random_cases
+
+__all__ = ["check_kv_cache_bytes", "check_state_bytes", "check_max_batch"]
+
+
+def _randint(g: torch.Generator, low: int, high: int) -> int:
+    """An int in [low, high] (both included)."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def _pick(g: torch.Generator, options: Sequence[Any]) -> Any:
+    return options[_randint(g, 0, len(options) - 1)]
+
+
+def _describe(case: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v!r}" for k, v in case.items())
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) or (
+        hasattr(x, "item") and getattr(x, "ndim", 1) == 0)
+
+
+def _check_scalar(
+    answer: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Iterable[Dict[str, Any]],
+    name: str,
+    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
+    integer: bool = False,
+) -> str:
+    """Compare ``answer(**case)`` with ``reference(**case)`` (exactly: these are counts) on every case."""
+    cases: List[Dict[str, Any]] = list(cases)
+    for case in cases:
+        try:
+            got = answer(**case)
+        except Exception as e:  # the reader's code crashed: say on which input
+            raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {_describe(case)}") from e
+        want = reference(**case)
+        if not _is_number(got):
+            raise ExerciseError(f"{name}: expected a number, got {type(got).__name__} ({got!r})\n  on {_describe(case)}")
+        got_value = got.item() if hasattr(got, "item") else got
+        if integer and not float(got_value).is_integer():
+            raise ExerciseError(f"{name}: expected a whole number, got {got_value!r}\n  on {_describe(case)}")
+        if not math.isclose(float(got_value), float(want), rel_tol=1e-12, abs_tol=0):
+            message = f"{name}: got {got_value:,}, expected {want:,}\n  on {_describe(case)}"
+            for variant, hint in hints:
+                if _matches(answer, variant, cases):
+                    message += f"\n  hint: {hint}"
+                    break
+            raise ExerciseError(message)
+    message = f"{name}: correct on all {len(cases)} random cases."
+    print(message)
+    return message
+
+
+def _matches(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]]) -> bool:
+    """Whether the answer agrees with a known wrong variant on every case."""
+    try:
+        return all(math.isclose(float(answer(**c)), float(variant(**c)), rel_tol=1e-12) for c in cases)
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: the KV cache of one sequence
+# ---------------------------------------------------------------------------------------------
+def _cache_case(g: torch.Generator) -> Dict[str, Any]:
+    return dict(n_layers=_randint(g, 1, 48), d_model=64 * _randint(g, 1, 128),
+                context_len=_randint(g, 1, 40_000), bytes_per_number=_pick(g, [1, 2, 4]))
+
+
+def _cache_reference(n_layers, d_model, context_len, bytes_per_number):
+    return kv_cache_numbers(n_layers, d_model, context_len) * bytes_per_number
+
+
+def check_kv_cache_bytes(kv_cache_bytes: Callable[..., Any], n_cases: int = 25) -> str:
+    """Check ``kv_cache_bytes(n_layers, d_model, context_len, bytes_per_number) -> bytes``."""
+    hints = [
+        (lambda **c: _cache_reference(**c) // 2, "each layer caches a key AND a value for every token."),
+        (lambda **c: kv_cache_numbers(c["n_layers"], c["d_model"], c["context_len"]),
+         "that is the number of numbers: multiply by bytes_per_number."),
+        (lambda **c: 2 * c["d_model"] * c["context_len"] * c["bytes_per_number"],
+         "every layer keeps its own cache: multiply by n_layers."),
+    ]
+    return _check_scalar(kv_cache_bytes, _cache_reference, random_cases(_cache_case, n_cases, seed=11),
+                         "check_kv_cache_bytes", hints, integer=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: the RetNet state of one sequence
+# ---------------------------------------------------------------------------------------------
+def _state_case(g: torch.Generator) -> Dict[str, Any]:
+    key_head_dim = _pick(g, [32, 64, 128, 256])
+    return dict(n_layers=_randint(g, 1, 48), n_heads=_randint(g, 1, 32), key_head_dim=key_head_dim,
+                value_head_dim=key_head_dim * _pick(g, [1, 2, 2, 2]) + _pick(g, [0, 0, 16]),
+                bytes_per_number=_pick(g, [1, 2, 4]))
+
+
+def _state_reference(n_layers, n_heads, key_head_dim, value_head_dim, bytes_per_number):
+    return retnet_state_numbers(n_layers, n_heads, key_head_dim, value_head_dim) * bytes_per_number
+
+
+def check_state_bytes(state_bytes: Callable[..., Any], n_cases: int = 25) -> str:
+    """Check ``state_bytes(n_layers, n_heads, key_head_dim, value_head_dim, bytes_per_number) -> bytes``."""
+    hints = [
+        (lambda **c: c["n_layers"] * c["n_heads"] * c["key_head_dim"] ** 2 * c["bytes_per_number"],
+         "the state of a head is key_head_dim x value_head_dim (values may be wider than keys)."),
+        (lambda **c: retnet_state_numbers(c["n_layers"], c["n_heads"], c["key_head_dim"], c["value_head_dim"]),
+         "that is the number of numbers: multiply by bytes_per_number."),
+        (lambda **c: c["n_heads"] * c["key_head_dim"] * c["value_head_dim"] * c["bytes_per_number"],
+         "every layer keeps its own state: multiply by n_layers."),
+        (lambda **c: c["n_layers"] * c["key_head_dim"] * c["value_head_dim"] * c["bytes_per_number"],
+         "every head keeps its own state: multiply by n_heads."),
+    ]
+    return _check_scalar(state_bytes, _state_reference, random_cases(_state_case, n_cases, seed=12),
+                         "check_state_bytes", hints, integer=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3: how many sequences fit
+# ---------------------------------------------------------------------------------------------
+def _batch_case(g: torch.Generator) -> Dict[str, Any]:
+    gib = 2**30
+    memory = _pick(g, [16, 24, 40, 48, 80, 141]) * gib
+    kind = _randint(g, 0, 4)
+    if kind == 0:                                    # the weights alone do not fit
+        weights = memory + _randint(g, 0, 8) * gib
+    else:
+        weights = _randint(g, 1, 90) * memory // 100
+    per_sequence = _randint(g, 1, 64) * 2**24          # 16 MiB ... 1 GiB
+    if kind == 1:                                    # an exact fit: W + b * P == M
+        per_sequence = max(1, (memory - weights) // _randint(g, 1, 9))
+        weights = memory - per_sequence * ((memory - weights) // per_sequence)
+    return dict(memory_bytes=memory, weight_bytes=weights, per_sequence_bytes=per_sequence)
+
+
+def check_max_batch(max_batch: Callable[..., Any], n_cases: int = 25) -> str:
+    """Check ``max_batch(memory_bytes, weight_bytes, per_sequence_bytes) -> int`` (0 when nothing fits)."""
+    hints = [
+        (lambda **c: math.ceil((c["memory_bytes"] - c["weight_bytes"]) / c["per_sequence_bytes"])
+         if c["weight_bytes"] < c["memory_bytes"] else 0,
+         "round down: only whole sequences fit (math.floor, or //)."),
+        (lambda **c: c["memory_bytes"] // c["per_sequence_bytes"], "the weights take their share of the memory first."),
+        (lambda **c: (c["memory_bytes"] - c["weight_bytes"]) // c["per_sequence_bytes"],
+         "when the weights alone do not fit, no sequence fits: return 0, not a negative number."),
+    ]
+    return _check_scalar(max_batch, max_batch_size, random_cases(_batch_case, n_cases, seed=13),
+                         "check_max_batch", hints, integer=True)

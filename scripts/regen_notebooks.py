@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Regenerate the stored outputs of the book's notebooks, deterministically.
+
+    .venv/bin/python scripts/regen_notebooks.py                 # every notebook in book/
+    .venv/bin/python scripts/regen_notebooks.py book/intro.ipynb # only these
+
+Each notebook is executed top to bottom in a fresh kernel of the current environment (nbclient, in the
+notebook's folder, as nbval and Jupyter Book run it) and written back so that running this script twice
+changes nothing, byte for byte:
+
+- the first cell is (re)written to the hidden Colab install cell, with the repository URL read from
+  _config.yml (`repository.url`, the one place it is set);
+- no execution timestamps (record_timing=False);
+- widget model ids renamed to ids computed from the notebook's name and each model's content;
+- consecutive stream outputs of the same stream merged (how a stream is split depends on flush timing);
+- volatile metadata dropped (Python version, editor and Colab bookkeeping, cell timings).
+
+A cell that raises fails the script, unless the cell is tagged `raises-exception`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from queue import Empty
+from typing import Any, Dict, List
+
+import nbformat
+import yaml
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+CELL_TIMEOUT_S = 600
+
+COLAB_CELL_ID = "colab-install"
+COLAB_CELL_TAGS = ["remove-cell"]
+
+# Notebook-level metadata kept (everything else is editor or run bookkeeping).
+KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info", "widgets", "jupytext", "mystnb", "myst")
+VOLATILE_LANGUAGE_INFO = ("version",)
+# Cell-level metadata dropped.
+VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled", "colab", "outputId", "id",
+                          "executionInfo", "papermill", "vscode", "jupyter")
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def repository_url(config_path: Path = ROOT / "_config.yml") -> str:
+    """The repository URL, from `repository.url` in _config.yml."""
+    config = yaml.safe_load(config_path.read_text())
+    url = (config.get("repository") or {}).get("url")
+    if not url:
+        raise SystemExit(f"{config_path}: repository.url is not set")
+    return url.rstrip("/")
+
+
+def colab_cell_source(repo_url: str) -> str:
+    """Source of every notebook's first cell: installs the package in Colab only (a no-op elsewhere)."""
+    return (
+        "# Runs only in Google Colab: install this book's package (elsewhere it is already installed).\n"
+        "import sys\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install -q "retnet_mini[book] @ git+{repo_url}"'
+    )
+
+
+def ensure_colab_cell(nb: nbformat.NotebookNode, repo_url: str) -> None:
+    """Make cell 0 the Colab install cell (replacing an older version of it, or inserting it)."""
+    source = colab_cell_source(repo_url)
+    first = nb.cells[0] if nb.cells else None
+    if first is not None and first.cell_type == "code" and (
+        first.get("id") == COLAB_CELL_ID or "google.colab" in first.source
+    ):
+        first.source = source
+        first.id = COLAB_CELL_ID
+        tags = [t for t in first.metadata.get("tags", []) if t not in COLAB_CELL_TAGS]
+        first.metadata["tags"] = COLAB_CELL_TAGS + tags
+    else:
+        cell = nbformat.v4.new_code_cell(source=source, metadata={"tags": list(COLAB_CELL_TAGS)})
+        cell.id = COLAB_CELL_ID
+        nb.cells.insert(0, cell)
+
+
+def merge_streams(outputs: List[Any]) -> List[Any]:
+    """Merge consecutive stream outputs of the same stream (stdout/stderr) into one."""
+    merged: List[Any] = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            merged[-1]["text"] = merged[-1]["text"] + out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
+def _content_ids(state: Dict[str, Any], name: str) -> Dict[str, str]:
+    """A new id for every model in a widget state, computed from its content (Merkle style).
+
+    The id is a hash of the notebook's name and of the model's JSON in which every reference
+    "IPY_MODEL_<id>" is replaced by the referenced model's new id. It depends neither on the random ids
+    of a run nor on the order of the state's keys (nbformat writes them sorted), so normalizing twice
+    gives the same notebook. Two models with the very same content get the same id; they are then one
+    model, which renders the same.
+    """
+    new: Dict[str, str] = {}
+    visiting: set = set()
+
+    def canonical(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: canonical(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [canonical(v) for v in obj]
+        if isinstance(obj, str) and obj.startswith("IPY_MODEL_") and obj[len("IPY_MODEL_"):] in state:
+            return "IPY_MODEL_" + model_id(obj[len("IPY_MODEL_"):])
+        return obj
+
+    def model_id(old: str) -> str:
+        if old in new:
+            return new[old]
+        if old in visiting:  # a reference cycle (ipywidgets makes none): cut it deterministically
+            return "CYCLE"
+        visiting.add(old)
+        text = json.dumps(canonical(state[old]), sort_keys=True)
+        visiting.discard(old)
+        new[old] = hashlib.sha1(f"{name}\n{text}".encode()).hexdigest()[:32]
+        return new[old]
+
+    for old in state:
+        model_id(old)
+    return new
+
+
+def _rename(obj: Any, mapping: Dict[str, str]) -> Any:
+    """Replace model ids (as values, as dict keys, and as "IPY_MODEL_<id>" references) everywhere in obj."""
+    if isinstance(obj, dict):
+        return type(obj)((mapping.get(k, k), _rename(v, mapping)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_rename(v, mapping) for v in obj]
+    if isinstance(obj, str):
+        if obj in mapping:
+            return mapping[obj]
+        if obj.startswith("IPY_MODEL_") and obj[len("IPY_MODEL_"):] in mapping:
+            return "IPY_MODEL_" + mapping[obj[len("IPY_MODEL_"):]]
+    return obj
+
+
+def rename_widget_ids(nb: nbformat.NotebookNode, name: str) -> None:
+    """Rename widget model ids to ids computed from the models' content (see :func:`_content_ids`)."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    mapping = _content_ids(state, name)
+    # A view whose model is not in the stored state: name it by its place among such views.
+    orphans = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            model_id = out.get("data", {}).get(WIDGET_VIEW, {}).get("model_id")
+            if model_id and model_id not in mapping:
+                mapping[model_id] = hashlib.sha1(f"{name}\norphan view {orphans}".encode()).hexdigest()[:32]
+                orphans += 1
+    if not mapping:
+        return
+    if "widgets" in nb.metadata:
+        nb.metadata["widgets"] = nbformat.from_dict(_rename(nb.metadata["widgets"], mapping))
+    for cell in nb.cells:
+        if "outputs" in cell:
+            cell["outputs"] = nbformat.from_dict(_rename(cell["outputs"], mapping))
+
+
+def strip_volatile_metadata(nb: nbformat.NotebookNode) -> None:
+    """Drop metadata that changes from run to run or machine to machine."""
+    for key in list(nb.metadata):
+        if key not in KEEP_NOTEBOOK_METADATA:
+            del nb.metadata[key]
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    info = nb.metadata.get("language_info")
+    if info is not None:
+        for key in VOLATILE_LANGUAGE_INFO:
+            info.pop(key, None)
+    for cell in nb.cells:
+        for key in VOLATILE_CELL_METADATA:
+            cell.metadata.pop(key, None)
+        if cell.cell_type != "code":
+            cell.pop("outputs", None)
+            cell.pop("execution_count", None)
+
+
+def normalize(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """Apply every deterministic rewrite except execution (used after executing, and by the tests)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
+    rename_widget_ids(nb, name)
+    strip_volatile_metadata(nb)
+    return nb
+
+
+class _Client(NotebookClient):
+    """NotebookClient that polls the shell channel in 1 s slices.
+
+    With widgets, a cell's execute_reply is sometimes noticed only when the poll's timeout (the cell
+    timeout) runs out, although it arrived at once (jupyter/nbclient#312): the run still succeeds, ten
+    minutes later. Polling in short slices picks the reply up within a second.
+    """
+
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        channel = kc.shell_channel
+        get_msg = channel.get_msg
+
+        async def get_msg_in_slices(timeout=None):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                try:
+                    return await get_msg(timeout=left)
+                except Empty:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+
+        channel.get_msg = get_msg_in_slices
+        return kc
+
+
+def regenerate(path: Path, repo_url: str, timeout: int = CELL_TIMEOUT_S) -> float:
+    """Execute one notebook in place; return the seconds it took."""
+    nb = nbformat.read(path, as_version=4)
+    ensure_colab_cell(nb, repo_url)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not cell.source.strip():
+            raise SystemExit(f"{path}: empty code cell (remove it: nbclient would leave it unexecuted)")
+    nb.metadata.pop("widgets", None)  # the run below stores the fresh widget state
+    client = _Client(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    normalize(nb, path.stem)
+    nbformat.validate(nb)
+    text = nbformat.writes(nb)
+    if not text.endswith("\n"):
+        text += "\n"
+    path.write_text(text, encoding="utf-8")
+    return seconds
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to regenerate (default: book/*.ipynb)")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted(BOOK.glob("*.ipynb"))
+    if not paths:
+        print("no notebooks found", file=sys.stderr)
+        return 1
+    repo_url = repository_url()
+    for path in paths:
+        path = path.resolve()
+        if path.suffix != ".ipynb" or not path.is_file():
+            print(f"not a notebook: {path}", file=sys.stderr)
+            return 1
+        seconds = regenerate(path, repo_url)
+        print(f"regenerated {path.relative_to(ROOT)} in {seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
