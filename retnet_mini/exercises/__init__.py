@@ -9,12 +9,14 @@ Each chapter's checkers live in ``retnet_mini/exercises/<chapter>.py`` and are b
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Tuple
+import contextlib
+import io
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["ExerciseError", "compare", "random_cases"]
+__all__ = ["ExerciseError", "compare", "compare_with_hints", "random_cases", "randint", "randn", "uniform"]
 
 
 class ExerciseError(AssertionError):
@@ -52,6 +54,50 @@ def compare(
     message = f"{name}: correct on all {n} random cases."
     print(message)
     return message
+
+
+def compare_with_hints(
+    answer: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Iterable[Dict[str, Any]],
+    name: str,
+    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
+    **tolerances: float,
+) -> None:
+    """:func:`compare` (prints one success line); on failure, adds a hint when the answer gives the same
+    outputs as a known wrong variant (``hints``: pairs of a variant function and the hint to show)."""
+    cases = list(cases)
+    try:
+        compare(answer, reference, cases, name, **tolerances)
+    except ExerciseError as error:
+        for variant, hint in hints:
+            if _same_outputs(answer, variant, cases):
+                raise ExerciseError(f"{error}\n  hint: {hint}") from None
+        raise
+
+
+def _same_outputs(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]]) -> bool:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            compare(answer, variant, cases, "hint")
+        return True
+    except Exception:  # a mismatch, or the answer crashed: not this variant
+        return False
+
+
+def randint(g: torch.Generator, low: int, high: int) -> int:
+    """An int in ``[low, high]`` (both included), drawn from ``g``."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def randn(g: torch.Generator, *shape: int) -> Tensor:
+    """Standard normal float64 numbers of ``shape``, drawn from ``g``."""
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def uniform(g: torch.Generator, low: float, high: float, *shape: int) -> Tensor:
+    """Uniform float64 numbers in ``[low, high)`` of ``shape``, drawn from ``g``."""
+    return low + (high - low) * torch.rand(shape, generator=g, dtype=torch.float64)
 
 
 def _compare_outputs(got, want, name, case, rtol, atol, what="output"):

@@ -11,8 +11,6 @@ a query at position ``n`` sees keys ``m <= n``.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from typing import Callable
 
@@ -20,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..retention import parallel_retention, recurrent_retention
-from . import ExerciseError, compare, random_cases
+from . import ExerciseError, compare_with_hints, randint, randn, random_cases
 
 __all__ = [
     "check_causal_mask",
@@ -30,37 +28,6 @@ __all__ = [
 ]
 
 DTYPE = torch.float64
-
-
-def _compare_with_hints(answer, reference, cases, name, hints=(), **tolerances) -> None:
-    """:func:`compare` (prints one success line); on failure, adds a hint when the answer gives the same
-    outputs as a known wrong variant (``hints``: pairs of a variant function and the hint to show)."""
-    cases = list(cases)
-    try:
-        compare(answer, reference, cases, name, **tolerances)
-    except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
-        raise
-
-
-def _same_outputs(answer, variant, cases) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            compare(answer, variant, cases, "hint")
-        return True
-    except Exception:
-        return False
-
-
-def _int(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high], drawn from ``g``."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _randn(g: torch.Generator, *shape: int) -> Tensor:
-    return torch.randn(*shape, generator=g, dtype=DTYPE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +72,8 @@ def check_causal_mask(my_causal_mask: Callable[[int], Tensor], n_cases: int = 25
         (diagonal_left_out, "a position may attend to itself: True where m <= n, the diagonal included."),
         (transposed, "rows are queries n and columns are keys m: True where m <= n, the lower triangle."),
     ]
-    cases = random_cases(lambda g: {"length": _int(g, 1, 40)}, n_cases=n_cases, seed=1)
-    _compare_with_hints(as_float, lambda length: reference_causal_mask(length).to(DTYPE), cases, name, hints)
+    cases = random_cases(lambda g: {"length": randint(g, 1, 40)}, n_cases=n_cases, seed=1)
+    compare_with_hints(as_float, lambda length: reference_causal_mask(length).to(DTYPE), cases, name, hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,10 +92,10 @@ def reference_kv_decode_step(q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, c
 
 
 def _kv_case(g: torch.Generator):
-    B, H, t, d_k, d_v = _int(g, 1, 2), _int(g, 1, 3), _int(g, 0, 12), _int(g, 1, 8), _int(g, 1, 8)
+    B, H, t, d_k, d_v = randint(g, 1, 2), randint(g, 1, 3), randint(g, 0, 12), randint(g, 1, 8), randint(g, 1, 8)
     return {
-        "q": _randn(g, B, H, 1, d_k), "k": _randn(g, B, H, 1, d_k), "v": _randn(g, B, H, 1, d_v),
-        "cache_k": _randn(g, B, H, t, d_k), "cache_v": _randn(g, B, H, t, d_v),
+        "q": randn(g, B, H, 1, d_k), "k": randn(g, B, H, 1, d_k), "v": randn(g, B, H, 1, d_v),
+        "cache_k": randn(g, B, H, t, d_k), "cache_v": randn(g, B, H, t, d_v),
     }
 
 
@@ -146,7 +113,7 @@ def check_kv_decode_step(my_kv_decode_step: Callable, n_cases: int = 25) -> None
         (unscaled, "scale the scores q K^T by 1 / sqrt(d_k) before the softmax."),
     ]
     cases = random_cases(_kv_case, n_cases=n_cases, seed=2)
-    _compare_with_hints(my_kv_decode_step, reference_kv_decode_step, cases, "check_kv_decode_step", hints)
+    compare_with_hints(my_kv_decode_step, reference_kv_decode_step, cases, "check_kv_decode_step", hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,9 +130,9 @@ def reference_linear_attention_step(q: Tensor, k: Tensor, v: Tensor, state: Tens
 
 
 def _step_case(g: torch.Generator):
-    B, H, d_k, d_v = _int(g, 1, 2), _int(g, 1, 3), _int(g, 1, 8), _int(g, 1, 8)
-    return {"q": _randn(g, B, H, d_k), "k": _randn(g, B, H, d_k), "v": _randn(g, B, H, d_v),
-            "state": _randn(g, B, H, d_k, d_v)}
+    B, H, d_k, d_v = randint(g, 1, 2), randint(g, 1, 3), randint(g, 1, 8), randint(g, 1, 8)
+    return {"q": randn(g, B, H, d_k), "k": randn(g, B, H, d_k), "v": randn(g, B, H, d_v),
+            "state": randn(g, B, H, d_k, d_v)}
 
 
 def check_linear_attention_step(my_linear_attention_step: Callable, n_cases: int = 25) -> None:
@@ -176,7 +143,7 @@ def check_linear_attention_step(my_linear_attention_step: Callable, n_cases: int
 
     hints = [(read_before_update, "update the state first, then read it: o_n = q_n S_n includes position n.")]
     cases = random_cases(_step_case, n_cases=n_cases, seed=3)
-    _compare_with_hints(my_linear_attention_step, reference_linear_attention_step, cases,
+    compare_with_hints(my_linear_attention_step, reference_linear_attention_step, cases,
                         "check_linear_attention_step", hints)
 
 
@@ -189,8 +156,8 @@ def reference_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _sequence_case(g: torch.Generator):
-    B, H, T, d_k, d_v = _int(g, 1, 2), _int(g, 1, 3), _int(g, 1, 20), _int(g, 1, 6), _int(g, 1, 6)
-    return {"q": _randn(g, B, H, T, d_k), "k": _randn(g, B, H, T, d_k), "v": _randn(g, B, H, T, d_v)}
+    B, H, T, d_k, d_v = randint(g, 1, 2), randint(g, 1, 3), randint(g, 1, 20), randint(g, 1, 6), randint(g, 1, 6)
+    return {"q": randn(g, B, H, T, d_k), "k": randn(g, B, H, T, d_k), "v": randn(g, B, H, T, d_v)}
 
 
 def check_linear_attention_cumsum(my_linear_attention_cumsum: Callable, n_cases: int = 25) -> None:
@@ -207,5 +174,5 @@ def check_linear_attention_cumsum(my_linear_attention_cumsum: Callable, n_cases:
         (not_causal, "this sums over every position; causal linear attention sums over m <= n only."),
     ]
     cases = random_cases(_sequence_case, n_cases=n_cases, seed=4)
-    _compare_with_hints(my_linear_attention_cumsum, reference_linear_attention, cases,
+    compare_with_hints(my_linear_attention_cumsum, reference_linear_attention, cases,
                         "check_linear_attention_cumsum", hints)

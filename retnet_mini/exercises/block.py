@@ -9,9 +9,7 @@ it raises :class:`ExerciseError` saying what is wrong, with a hint when the answ
 """
 from __future__ import annotations
 
-import contextlib
-import io
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict
 
 import torch
 import torch.nn.functional as F
@@ -19,47 +17,17 @@ from torch import Tensor, nn
 
 from ..layers import HeadNorm, RetNetBlock
 from ..model import RetNetConfig
-from . import ExerciseError, compare, random_cases
+from . import ExerciseError, compare_with_hints, randint, randn, random_cases
 
 __all__ = ["check_gated_output", "check_head_rmsnorm", "check_param_count", "block_linear_weights"]
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high] (both included)."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _randn(g: torch.Generator, *shape: int) -> Tensor:
-    return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-
-def _compare_with_hints(answer, reference, cases, name, hints: Sequence[Tuple[Callable[..., Any], str]] = ()) -> None:
-    """:func:`compare` (prints one success line), and on failure a hint when the answer behaves like a known wrong variant."""
-    cases = list(cases)
-    try:
-        compare(answer, reference, cases, name)
-    except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
-        raise
-
-
-def _same_outputs(answer, variant, cases: List[Dict[str, Any]]) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            compare(answer, variant, cases, "hint")
-        return True
-    except Exception:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: the gated output
 # ---------------------------------------------------------------------------------------------
 def _gate_case(g: torch.Generator) -> Dict[str, Any]:
-    B, T, d, V = _randint(g, 1, 3), _randint(g, 1, 6), _randint(g, 1, 8), _randint(g, 1, 12)
-    return dict(x=_randn(g, B, T, d), y=_randn(g, B, T, V), w_g=_randn(g, d, V), w_o=_randn(g, V, d))
+    B, T, d, V = randint(g, 1, 3), randint(g, 1, 6), randint(g, 1, 8), randint(g, 1, 12)
+    return dict(x=randn(g, B, T, d), y=randn(g, B, T, V), w_g=randn(g, d, V), w_o=randn(g, V, d))
 
 
 def _gate_reference(x, y, w_g, w_o):
@@ -79,7 +47,7 @@ def check_gated_output(gated_output: Callable[..., Tensor], n_cases: int = 25) -
         (lambda x, y, w_g, w_o: (F.silu(y) * (x @ w_g)) @ w_o,
          "swish is applied to the gate x W_G, not to y."),
     ]
-    _compare_with_hints(gated_output, _gate_reference, random_cases(_gate_case, n_cases, seed=11),
+    compare_with_hints(gated_output, _gate_reference, random_cases(_gate_case, n_cases, seed=11),
                                "check_gated_output", hints)
 
 
@@ -87,10 +55,10 @@ def check_gated_output(gated_output: Callable[..., Tensor], n_cases: int = 25) -
 # Exercise 2: a per-head RMSNorm
 # ---------------------------------------------------------------------------------------------
 def _norm_case(g: torch.Generator) -> Dict[str, Any]:
-    B, T, H, d_v = _randint(g, 1, 3), _randint(g, 1, 5), _randint(g, 1, 4), _randint(g, 1, 8)
+    B, T, H, d_v = randint(g, 1, 3), randint(g, 1, 5), randint(g, 1, 4), randint(g, 1, 8)
     scale = 10 ** (4 * torch.rand(H, generator=g, dtype=torch.float64) - 2)        # heads of very different sizes
-    y = (_randn(g, B, T, H, d_v) * scale[:, None]).reshape(B, T, H * d_v)
-    eps = [0.0, 1e-6, 1e-2, 1.0][_randint(g, 0, 3)]
+    y = (randn(g, B, T, H, d_v) * scale[:, None]).reshape(B, T, H * d_v)
+    eps = [0.0, 1e-6, 1e-2, 1.0][randint(g, 0, 3)]
     return dict(y=y, n_heads=H, eps=eps)
 
 
@@ -128,7 +96,7 @@ def check_head_rmsnorm(head_rmsnorm: Callable[..., Tensor], n_cases: int = 25) -
         (_norm_eps_outside, "eps goes inside the square root: y / sqrt(mean(y^2) + eps)."),
         (_norm_layernorm, "an RMSNorm does not subtract the mean (that is a LayerNorm / GroupNorm)."),
     ]
-    _compare_with_hints(head_rmsnorm, _norm_reference, random_cases(_norm_case, n_cases, seed=12),
+    compare_with_hints(head_rmsnorm, _norm_reference, random_cases(_norm_case, n_cases, seed=12),
                                "check_head_rmsnorm", hints)
 
 
@@ -144,11 +112,11 @@ def block_linear_weights(d_model: int, value_dim: int, ffn_dim: int, glu: bool) 
 
 
 def _count_case(g: torch.Generator) -> Dict[str, Any]:
-    if _randint(g, 0, 3) == 0:             # the paper's shape: value_dim = ffn_dim = 2 d
-        d = 2 * _randint(g, 1, 96)
+    if randint(g, 0, 3) == 0:             # the paper's shape: value_dim = ffn_dim = 2 d
+        d = 2 * randint(g, 1, 96)
         return dict(d_model=d, value_dim=2 * d, ffn_dim=2 * d, glu=False)
-    return dict(d_model=2 * _randint(g, 1, 96), value_dim=_randint(g, 1, 384), ffn_dim=_randint(g, 1, 384),
-                glu=bool(_randint(g, 0, 1)))
+    return dict(d_model=2 * randint(g, 1, 96), value_dim=randint(g, 1, 384), ffn_dim=randint(g, 1, 384),
+                glu=bool(randint(g, 0, 1)))
 
 
 def check_param_count(param_count: Callable[..., int], n_cases: int = 25) -> None:

@@ -22,23 +22,14 @@ from torch import Tensor
 
 from ..retention import decay_matrix
 from ..viz import effective_span, half_life, normalized_decay_matrix
-from . import ExerciseError, _compare_outputs, _describe_case, random_cases
+from . import ExerciseError, _compare_outputs, _describe_case, randint, random_cases, uniform
 
 __all__ = ["check_memory", "check_half_life_schedule", "check_normalized_decay", "half_life_schedule_reference"]
 
 
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high] (both included)."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _uniform(g: torch.Generator, low: float, high: float, *shape: int) -> Tensor:
-    return low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)
-
-
 def _log_decay(g: torch.Generator, n_heads: int) -> Tensor:
     """ln(gamma) per head, 1 - gamma between 10^-6 and 0.5 (log-uniform): fast and very slow heads."""
-    return torch.log1p(-(10 ** _uniform(g, -6.0, math.log10(0.5), n_heads)))
+    return torch.log1p(-(10 ** uniform(g, -6.0, math.log10(0.5), n_heads)))
 
 
 Tolerances = Sequence[Tuple[str, float, float]]   # per output: (name, rtol, atol)
@@ -95,7 +86,7 @@ def _same_outputs(answer, variant, cases, tolerances) -> bool:
 # Exercise 1: half-life and effective span
 # ---------------------------------------------------------------------------------------------
 def _memory_case(g: torch.Generator) -> Dict[str, Any]:
-    return dict(log_decay=_log_decay(g, _randint(g, 1, 8)), tol=float(10 ** _uniform(g, -6.0, -0.5, 1)))
+    return dict(log_decay=_log_decay(g, randint(g, 1, 8)), tol=float(10 ** uniform(g, -6.0, -0.5, 1)))
 
 
 def _memory_reference(log_decay: Tensor, tol: float) -> Tuple[Tensor, Tensor]:
@@ -142,9 +133,9 @@ def half_life_schedule_reference(n_heads: int, shortest: float, longest: float) 
 
 
 def _schedule_case(g: torch.Generator) -> Dict[str, Any]:
-    shortest = float(10 ** _uniform(g, 0.0, 2.0, 1))                 # 1 to 100 tokens
-    return dict(n_heads=_randint(g, 1, 16), shortest=shortest,
-                longest=shortest * float(10 ** _uniform(g, 0.3, 5.0, 1)))
+    shortest = float(10 ** uniform(g, 0.0, 2.0, 1))                 # 1 to 100 tokens
+    return dict(n_heads=randint(g, 1, 16), shortest=shortest,
+                longest=shortest * float(10 ** uniform(g, 0.3, 5.0, 1)))
 
 
 def check_half_life_schedule(schedule: Callable[..., Tensor], n_cases: int = 25) -> None:
@@ -179,11 +170,11 @@ def check_half_life_schedule(schedule: Callable[..., Tensor], n_cases: int = 25)
 # Exercise 3: the normalized decay matrix
 # ---------------------------------------------------------------------------------------------
 def _normalized_case(g: torch.Generator) -> Dict[str, Any]:
-    H = _randint(g, 1, 4)
+    H = randint(g, 1, 4)
     log_decay = _log_decay(g, H)
-    if H > 1 and _randint(g, 0, 3) == 0:
-        log_decay[_randint(g, 0, H - 1)] = 0.0                        # gamma = 1: no decay
-    return dict(log_decay=log_decay, length=_randint(g, 1, 40))
+    if H > 1 and randint(g, 0, 3) == 0:
+        log_decay[randint(g, 0, H - 1)] = 0.0                        # gamma = 1: no decay
+    return dict(log_decay=log_decay, length=randint(g, 1, 40))
 
 
 def _normalized_cases(n_cases: int) -> List[Dict[str, Any]]:

@@ -18,46 +18,11 @@ from torch import Tensor
 
 from ..retention import decay_matrix, parallel_retention
 from ..rotation import rotate
-from . import ExerciseError, compare, random_cases
+from . import ExerciseError, compare, compare_with_hints, randint, randn, random_cases, uniform
 
 __all__ = ["check_ssm_kernel", "check_rotate", "check_decay_matrix", "check_retention"]
 
 DTYPE = torch.float64
-
-
-def _compare_with_hints(answer, reference, cases, name, hints=(), **tolerances) -> None:
-    """:func:`compare` (prints one success line); on failure, adds a hint when the answer gives the same
-    outputs as a known wrong variant (``hints``: pairs of a variant function and the hint to show)."""
-    cases = list(cases)
-    try:
-        compare(answer, reference, cases, name, **tolerances)
-    except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
-        raise
-
-
-def _same_outputs(answer, variant, cases) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            compare(answer, variant, cases, "hint")
-        return True
-    except Exception:
-        return False
-
-
-def _int(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high], drawn from ``g``."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _uniform(g: torch.Generator, low: float, high: float, *shape: int) -> Tensor:
-    return low + (high - low) * torch.rand(shape, generator=g, dtype=DTYPE)
-
-
-def _randn(g: torch.Generator, *shape: int) -> Tensor:
-    return torch.randn(*shape, generator=g, dtype=DTYPE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,11 +38,11 @@ def reference_ssm_kernel(A: Tensor, q: Tensor, k: Tensor, length: int) -> Tensor
 
 
 def _ssm_case(g: torch.Generator):
-    d = _int(g, 1, 6)
-    A = _randn(g, d, d)
+    d = randint(g, 1, 6)
+    A = randn(g, d, d)
     radius = torch.linalg.eigvals(A).abs().max()
-    A = A / radius * float(_uniform(g, 0.5, 0.98))       # spectral radius < 1: a stable recurrence
-    return {"A": A, "q": _randn(g, d), "k": _randn(g, d), "length": _int(g, 1, 30)}
+    A = A / radius * float(uniform(g, 0.5, 0.98))       # spectral radius < 1: a stable recurrence
+    return {"A": A, "q": randn(g, d), "k": randn(g, d), "length": randint(g, 1, 30)}
 
 
 def check_ssm_kernel(my_ssm_kernel: Callable, n_cases: int = 25) -> None:
@@ -89,16 +54,16 @@ def check_ssm_kernel(my_ssm_kernel: Callable, n_cases: int = 25) -> None:
          "kernel[j] = q A^j k^T: multiply k by A (A @ column), not by its transpose."),
     ]
     cases = random_cases(_ssm_case, n_cases=n_cases, seed=11)
-    _compare_with_hints(my_ssm_kernel, reference_ssm_kernel, cases, "check_ssm_kernel", hints)
+    compare_with_hints(my_ssm_kernel, reference_ssm_kernel, cases, "check_ssm_kernel", hints)
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. The rotation with real "rotate pairs" arithmetic.
 # ---------------------------------------------------------------------------------------------
 def _rotate_case(g: torch.Generator):
-    lead = tuple(_int(g, 1, 3) for _ in range(_int(g, 0, 2)))
-    T, half = _int(g, 1, 10), _int(g, 1, 4)
-    return {"x": _randn(g, *lead, T, 2 * half), "theta": _uniform(g, 0.001, 1.5, half), "offset": _int(g, 0, 500)}
+    lead = tuple(randint(g, 1, 3) for _ in range(randint(g, 0, 2)))
+    T, half = randint(g, 1, 10), randint(g, 1, 4)
+    return {"x": randn(g, *lead, T, 2 * half), "theta": uniform(g, 0.001, 1.5, half), "offset": randint(g, 0, 500)}
 
 
 def check_rotate(my_rotate: Callable, n_cases: int = 25) -> None:
@@ -122,7 +87,7 @@ def check_rotate(my_rotate: Callable, n_cases: int = 25) -> None:
         (halves, "the pairs are adjacent coordinates (x_2i, x_2i+1), not (x_i, x_i+d/2)."),
     ]
     cases = random_cases(_rotate_case, n_cases=n_cases, seed=12)
-    _compare_with_hints(my_rotate, rotate, cases, "check_rotate", hints)
+    compare_with_hints(my_rotate, rotate, cases, "check_rotate", hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +101,9 @@ _OVERFLOW_HINT = (
 
 
 def _decay_case(g: torch.Generator):
-    H, T = _int(g, 1, 4), _int(g, 1, 40)
-    gamma = 1 - torch.exp2(-_uniform(g, 1.0, 10.0, H))
-    if _int(g, 0, 3) == 0:
+    H, T = randint(g, 1, 4), randint(g, 1, 40)
+    gamma = 1 - torch.exp2(-uniform(g, 1.0, 10.0, H))
+    if randint(g, 0, 3) == 0:
         gamma[0] = 1.0                                   # gamma = 1: no decay
     return {"log_decay": torch.log(gamma), "length": T}
 
@@ -169,7 +134,7 @@ def check_decay_matrix(my_decay_matrix: Callable, n_cases: int = 25) -> None:
     ]
     try:
         with contextlib.redirect_stdout(io.StringIO()):   # one success line at the end, not two
-            _compare_with_hints(my_decay_matrix, decay_matrix, random_cases(_decay_case, n_cases=n_cases, seed=13),
+            compare_with_hints(my_decay_matrix, decay_matrix, random_cases(_decay_case, n_cases=n_cases, seed=13),
                                 name, hints)
             compare(my_decay_matrix, decay_matrix, _overflow_cases(), name)
         # float32: compared with the float64 matrix, loosely (this case is about overflow, not rounding).
@@ -202,14 +167,14 @@ def reference_retention(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor, theta:
 
 
 def _retention_case(g: torch.Generator):
-    B, T, d_model, half, d_v = _int(g, 1, 2), _int(g, 1, 16), _int(g, 1, 6), _int(g, 1, 3), _int(g, 1, 4)
+    B, T, d_model, half, d_v = randint(g, 1, 2), randint(g, 1, 16), randint(g, 1, 6), randint(g, 1, 3), randint(g, 1, 4)
     scale = d_model ** -0.5
     return {
-        "x": _randn(g, B, T, d_model),
-        "w_q": _randn(g, d_model, 2 * half) * scale, "w_k": _randn(g, d_model, 2 * half) * scale,
-        "w_v": _randn(g, d_model, d_v) * scale,
-        "theta": _uniform(g, 0.001, 1.5, half),
-        "log_decay": math.log(1 - 2 ** -float(_uniform(g, 1.0, 8.0))),
+        "x": randn(g, B, T, d_model),
+        "w_q": randn(g, d_model, 2 * half) * scale, "w_k": randn(g, d_model, 2 * half) * scale,
+        "w_v": randn(g, d_model, d_v) * scale,
+        "theta": uniform(g, 0.001, 1.5, half),
+        "log_decay": math.log(1 - 2 ** -float(uniform(g, 1.0, 8.0))),
     }
 
 
@@ -225,4 +190,4 @@ def check_retention(my_retention: Callable, n_cases: int = 25) -> None:
          "multiply the scores by the decay matrix D (gamma^(n-m) below the diagonal), not only by a causal mask."),
     ]
     cases = random_cases(_retention_case, n_cases=n_cases, seed=14)
-    _compare_with_hints(my_retention, reference_retention, cases, "check_retention", hints)
+    compare_with_hints(my_retention, reference_retention, cases, "check_retention", hints)

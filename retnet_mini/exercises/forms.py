@@ -13,16 +13,14 @@ hint when the answer matches a known mistake.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from torch import Tensor
 
 from ..retention import chunkwise_retention, recurrent_retention
-from . import ExerciseError, compare, random_cases
+from . import compare_with_hints, randint, randn, random_cases
 
 __all__ = ["check_recurrent_step", "check_chunkwise", "check_padded_decay", "padded_decay_reference"]
 
@@ -30,59 +28,23 @@ __all__ = ["check_recurrent_step", "check_chunkwise", "check_padded_decay", "pad
 # ---------------------------------------------------------------------------------------------
 # Random cases
 # ---------------------------------------------------------------------------------------------
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high] (both included)."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
 def _random_log_decay(g: torch.Generator, n_heads: int) -> Tensor:
     """ln(gamma) per head: distinct gammas between 0.5 and 1 - 1e-3, sometimes one head with gamma = 1."""
     one_minus_gamma = 10 ** (-3 + 2.7 * torch.rand(n_heads, generator=g, dtype=torch.float64))
     log_decay = torch.log1p(-one_minus_gamma)
     if n_heads > 1 and torch.rand(1, generator=g).item() < 0.2:
-        log_decay[_randint(g, 0, n_heads - 1)] = 0.0
+        log_decay[randint(g, 0, n_heads - 1)] = 0.0
     return log_decay
-
-
-def _randn(g: torch.Generator, *shape: int) -> Tensor:
-    return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-
-def _compare_with_hints(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Iterable[Dict[str, Any]],
-    name: str,
-    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
-) -> None:
-    """:func:`compare` (prints one success line), and on failure a hint when the answer behaves like a known wrong variant."""
-    cases = list(cases)
-    try:
-        compare(answer, reference, cases, name)
-    except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
-        raise
-
-
-def _same_outputs(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]]) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            compare(answer, variant, cases, "hint")
-        return True
-    except Exception:  # a mismatch, or the answer crashed: not this variant
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: one recurrent step
 # ---------------------------------------------------------------------------------------------
 def _step_case(g: torch.Generator) -> Dict[str, Any]:
-    B, H, d_k, d_v = _randint(g, 1, 3), _randint(g, 1, 4), _randint(g, 1, 6), _randint(g, 1, 6)
+    B, H, d_k, d_v = randint(g, 1, 3), randint(g, 1, 4), randint(g, 1, 6), randint(g, 1, 6)
     return dict(
-        q_n=_randn(g, B, H, d_k), k_n=_randn(g, B, H, d_k), v_n=_randn(g, B, H, d_v),
-        log_decay=_random_log_decay(g, H), state=_randn(g, B, H, d_k, d_v),
+        q_n=randn(g, B, H, d_k), k_n=randn(g, B, H, d_k), v_n=randn(g, B, H, d_v),
+        log_decay=_random_log_decay(g, H), state=randn(g, B, H, d_k, d_v),
     )
 
 
@@ -111,7 +73,7 @@ def check_recurrent_step(step: Callable[..., Tuple[Tensor, Tensor]], n_cases: in
         (_step_read_before_write, "o_n reads the state *after* adding k_n^T v_n: o_n = q_n S_n, not q_n S_{n-1}."),
         (_step_no_decay, "the old state is multiplied by gamma = exp(log_decay), one gamma per head."),
     ]
-    _compare_with_hints(step, _step_reference, random_cases(_step_case, n_cases, seed=1),
+    compare_with_hints(step, _step_reference, random_cases(_step_case, n_cases, seed=1),
                                "check_recurrent_step", hints)
 
 
@@ -119,18 +81,18 @@ def check_recurrent_step(step: Callable[..., Tuple[Tensor, Tensor]], n_cases: in
 # Exercise 2: the chunkwise form with one loop over chunks
 # ---------------------------------------------------------------------------------------------
 def _chunk_case(g: torch.Generator) -> Dict[str, Any]:
-    B, H, d_k, d_v = _randint(g, 1, 2), _randint(g, 1, 3), _randint(g, 1, 5), _randint(g, 1, 5)
-    T = _randint(g, 1, 40)
-    kind = _randint(g, 0, 3)
+    B, H, d_k, d_v = randint(g, 1, 2), randint(g, 1, 3), randint(g, 1, 5), randint(g, 1, 5)
+    T = randint(g, 1, 40)
+    kind = randint(g, 0, 3)
     if kind == 0:                          # a chunk size that divides T
         divisors = [c for c in range(1, T + 1) if T % c == 0]
-        chunk_size = divisors[_randint(g, 0, len(divisors) - 1)]
+        chunk_size = divisors[randint(g, 0, len(divisors) - 1)]
     elif kind == 3:                        # larger than T: a single chunk
-        chunk_size = T + _randint(g, 1, 5)
+        chunk_size = T + randint(g, 1, 5)
     else:                                  # anything, usually with a short last chunk
-        chunk_size = _randint(g, 1, T)
+        chunk_size = randint(g, 1, T)
     return dict(
-        q=_randn(g, B, H, T, d_k), k=_randn(g, B, H, T, d_k) / math.sqrt(d_k), v=_randn(g, B, H, T, d_v),
+        q=randn(g, B, H, T, d_k), k=randn(g, B, H, T, d_k) / math.sqrt(d_k), v=randn(g, B, H, T, d_v),
         log_decay=_random_log_decay(g, H), chunk_size=chunk_size,
     )
 
@@ -173,7 +135,7 @@ def check_chunkwise(chunkwise: Callable[..., Tuple[Tensor, Tensor]], n_cases: in
          "a short last chunk of length L < chunk_size moves the state on by gamma^L (and zeta_j = "
          "gamma^(L-1-j)), not by gamma^chunk_size."),
     ]
-    _compare_with_hints(chunkwise, _chunk_reference, random_cases(_chunk_case, n_cases, seed=2),
+    compare_with_hints(chunkwise, _chunk_reference, random_cases(_chunk_case, n_cases, seed=2),
                                "check_chunkwise", hints)
 
 
@@ -190,7 +152,7 @@ def padded_decay_reference(log_decay: Tensor, pad: Tensor, length: int) -> Tenso
 
 
 def _pad_case(g: torch.Generator) -> Dict[str, Any]:
-    B, H, T = _randint(g, 1, 4), _randint(g, 1, 3), _randint(g, 1, 24)
+    B, H, T = randint(g, 1, 4), randint(g, 1, 3), randint(g, 1, 24)
     pad = torch.randint(0, T, (B,), generator=g)
     if B > 1:
         pad[0] = 0                         # one sequence without padding
@@ -219,5 +181,5 @@ def check_padded_decay(padded_decay: Callable[..., Tensor], n_cases: int = 25) -
         (_pad_ignored, "the columns m < pad[b] (keys at padding positions) must be 0 in sequence b."),
         (_pad_columns_only_rows, "zeroing the padded rows is not enough: mask the padded columns (keys m < pad[b])."),
     ]
-    _compare_with_hints(padded_decay, padded_decay_reference, random_cases(_pad_case, n_cases, seed=3),
+    compare_with_hints(padded_decay, padded_decay_reference, random_cases(_pad_case, n_cases, seed=3),
                                "check_padded_decay", hints)
