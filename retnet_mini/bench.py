@@ -123,10 +123,10 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
             r_state = _retnet_state_at(retnet, batch, ctx)
             t_cache = _kv_cache_at(transformer, batch, ctx, steps)
 
-            def retnet_steps():
+            def retnet_steps():           # as generate() decodes: the state updated in place
                 s = r_state
                 for _ in range(steps):
-                    _, s = retnet._forward(token, "recurrent", s, 1)
+                    _, s = retnet._forward(token, "recurrent", s, 1, inplace=True)
 
             def transformer_steps():
                 t_cache.offset = ctx          # rewind: every timing decodes at the same context
@@ -191,9 +191,10 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
     """Peak memory that ``call`` allocates beyond what ``setup`` left allocated (both Python source run
     with ``torch``, ``F`` and this module's names in scope).
 
-    CUDA: the allocator's peak statistics. CPU: in a fresh interpreter, the peak resident size
-    (``ru_maxrss``) after the call minus the resident size before it (a call whose peak stays below the
-    interpreter's earlier peak reads as 0: only small calls, far below the sizes benchmarked here).
+    CUDA: the allocator's peak statistics. CPU: in a fresh interpreter that runs the call twice, the peak
+    resident size (``ru_maxrss``) minus the resident size between the two calls (the first call loads
+    the kernels' code, which then stays resident; a call whose peak stays below the interpreter's
+    earlier peak reads as 0: only small calls, far below the sizes benchmarked here).
     """
     if device.type == "cuda":
         scope = dict(globals(), device=device)
@@ -209,6 +210,7 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
               "from retnet_mini.bench import *\n"
               "device = torch.device('cpu')\n"
               f"{setup}\n"
+              f"{call}\n"        # once to load the kernels' code and warm caches; its memory is then freed
               "page = os.sysconf('SC_PAGE_SIZE')\n"
               "resident = int(open('/proc/self/statm').read().split()[1]) * page\n"
               f"{call}\n"

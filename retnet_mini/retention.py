@@ -164,7 +164,8 @@ def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Te
 
 
 def recurrent_retention(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor] = None
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor] = None, *,
+    inplace: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Recurrent form (eq. 6): ``S_n = gamma S_{n-1} + k_n^T v_n``, ``o_n = q_n S_n``.
 
@@ -173,22 +174,30 @@ def recurrent_retention(
     Args:
         q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)`` or ``(B, H, T)``;
         state: ``(B, H, d_k, d_v)`` carried from earlier positions, or None for an empty history.
+        inplace: update ``state`` in place and return it (a decoding loop that owns its state saves
+            allocating a new one per token; no autograd). The default leaves ``state`` untouched, so one
+            state can be continued in several ways.
     Returns:
         o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
     """
     _check_inputs(q, k, v, log_decay, state)
+    if inplace and (state is None or not state.is_contiguous() or state.dtype != q.dtype or torch.is_grad_enabled()):
+        raise ValueError("inplace=True needs a contiguous state of q's dtype and torch.no_grad()")
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
     # Batch and heads are folded into one dim so each step is two small 3-D batched products (4-D
     # broadcasting matmuls are much slower for one query row on CPU).
-    S = _initial_state(state, B, H, d_k, d_v, q).reshape(B * H, d_k, d_v)
+    S = _initial_state(state, B, H, d_k, d_v, q).view(B * H, d_k, d_v)
     gammas = torch.exp(_positionwise(log_decay, T)).expand(B, H, T).reshape(B * H, T, 1, 1)
     q3, k3, v3 = q.reshape(B * H, T, d_k), k.reshape(B * H, T, d_k), v.reshape(B * H, T, d_v)
     outputs = []
     for n in range(T):
         # S_n = gamma S_{n-1} + k_n^T v_n (an outer product), then o_n = q_n S_n
-        S = torch.addcmul(S * gammas[:, n], k3[:, n, :, None], v3[:, n, None, :])
+        if inplace:
+            S.mul_(gammas[:, n]).baddbmm_(k3[:, n, :, None], v3[:, n, None, :])
+        else:
+            S = torch.addcmul(S * gammas[:, n], k3[:, n, :, None], v3[:, n, None, :])
         outputs.append(torch.bmm(q3[:, n, None, :], S))                # (B*H, 1, d_v)
     o = torch.cat(outputs, dim=1) if outputs else v3.new_zeros(B * H, 0, d_v)
     return (

@@ -358,3 +358,15 @@ def test_positionwise_bad_shapes():
         chunkwise_retention(q, q, q, torch.zeros(2, 3, 6), 2)
     with pytest.raises(ValueError, match="log_decay must be <= 0"):
         recurrent_retention(q, q, q, torch.full((2, 3, 5), 0.1))
+
+
+def test_inplace_recurrent_equals_functional():
+    q, k, v, ld = random_inputs(2, 3, 9, 4, 5, [0.3, 0.9, 1.0])
+    S0 = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    want_o, want_s = recurrent_retention(q, k, v, ld, S0)
+    S = S0.clone()
+    with torch.no_grad():
+        o, s = recurrent_retention(q, k, v, ld, S, inplace=True)
+    assert s.data_ptr() == S.data_ptr() and rel_err(o, want_o) < 1e-14 and rel_err(S, want_s) < 1e-14
+    with pytest.raises(ValueError, match="inplace=True needs"):
+        recurrent_retention(q, k, v, ld, None, inplace=True)
