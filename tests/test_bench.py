@@ -25,8 +25,8 @@ def test_interleaved_medians_calls_each_in_turn():
 
 
 def test_peak_call_bytes_sees_an_allocation():
-    peak = peak_call_bytes("x = None", "x = torch.ones(64, 2**20)", torch.device("cpu"))   # 256 MiB
-    assert 250 * 2**20 < peak < 300 * 2**20
+    peak = peak_call_bytes("pass", "torch.ones(64, 2**20).sum()", torch.device("cpu"))   # a 256 MiB temporary
+    assert 250 * 2**20 < peak < 512 * 2**20
 
 
 def test_mixing_inputs_are_seeded():
