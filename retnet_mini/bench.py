@@ -191,10 +191,10 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
     """Peak memory that ``call`` allocates beyond what ``setup`` left allocated (both Python source run
     with ``torch``, ``F`` and this module's names in scope).
 
-    CUDA: the allocator's peak statistics. CPU: in a fresh interpreter that runs the call twice, the peak
-    resident size (``ru_maxrss``) minus the resident size between the two calls (the first call loads
-    the kernels' code, which then stays resident; a call whose peak stays below the interpreter's
-    earlier peak reads as 0: only small calls, far below the sizes benchmarked here).
+    CUDA: the allocator's peak statistics. CPU (Linux): in a fresh interpreter that runs the call twice,
+    the peak resident size of the second call (``VmHWM``, reset just before it through
+    ``/proc/self/clear_refs``) minus the resident size before it; the first call loads the kernels'
+    code, which then stays resident.
     """
     if device.type == "cuda":
         scope = dict(globals(), device=device)
@@ -205,17 +205,17 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
         exec(call, scope)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    script = ("import os, resource, torch\n"
+    script = ("import torch\n"
               "import torch.nn.functional as F\n"
               "from retnet_mini.bench import *\n"
               "device = torch.device('cpu')\n"
               f"{setup}\n"
               f"{call}\n"        # once to load the kernels' code and warm caches; its memory is then freed
-              "page = os.sysconf('SC_PAGE_SIZE')\n"
-              "resident = int(open('/proc/self/statm').read().split()[1]) * page\n"
+              "status = lambda key: int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(key)))\n"
+              "open('/proc/self/clear_refs', 'w').write('5')\n"   # reset the peak (VmHWM) to the current size
+              "resident = status('VmRSS:')\n"
               f"{call}\n"
-              "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"   # KiB on Linux
-              "print(max(0, peak - resident))")
+              "print((status('VmHWM:') - resident) * 1024)")     # kB
     # A fixed mmap threshold makes glibc return every large freed block at once, so the resident size
     # follows the live tensors instead of keeping freed memory around for reuse.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
