@@ -15,6 +15,12 @@ then shows frame ``(i, j)`` with no arithmetic in the browser.
 nbval cannot compare images or widget views, so a notebook should also *print* the numbers behind a view;
 :func:`table` formats them as a plain-text table, and a frame can carry the same text to show under its
 figure.
+
+Each frame also carries its label in the page, hidden, so that a test can tell which frame is on screen:
+the explorer's box has the CSS class ``retnet-explorer``, each frame's box the class ``retnet-frame``, and
+a frame ends with a hidden ``<span class="retnet-frame-label">`` whose text is the label (``heads=8,
+schedule='paper (eq. 8)'``) and whose ``data-values`` attribute is a JSON list of what each control
+displays for that frame (``["8", "paper (eq. 8)"]``: ``fmt(value)``, in the controls' order).
 """
 from __future__ import annotations
 
@@ -44,10 +50,12 @@ _HIDE_TABS = ("<style>.retnet-frames > .widget-tab-bar, .retnet-frames > .p-TabB
 
 
 class Frame(NamedTuple):
-    """One precomputed view: the parameter values that drew it, its PNG and its text (may be empty)."""
+    """One precomputed view: the parameter values that drew it, its PNG, its text (may be empty) and its
+    label (``"heads=8, schedule='paper (eq. 8)'"``)."""
     values: Tuple[Any, ...]
     png: bytes
     text: str
+    label: str
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Optional[Sequence[str]] = None,
@@ -159,7 +167,7 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
     for args in itertools.product(*(vs for _, vs in params)):
         label = ", ".join(f"{n}={v!r}" for (n, _), v in zip(params, args))
         png, text = render(draw, args, dpi, label)
-        frames.append(Frame(args, png, text))
+        frames.append(Frame(args, png, text, label))
         nbytes += len(base64.b64encode(png)) + len(text.encode())  # widget state stores PNGs as base64
         if nbytes > max_bytes:  # stop early, before drawing frames that cannot fit
             raise ValueError(f"explorer exceeds {max_bytes} bytes after {len(frames)} frames "
@@ -171,6 +179,7 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
     # Every widget saves its own Layout (~1 KB of JSON) unless given one: frames share theirs.
     # flex-start keeps each PNG at its own size (a Tab would otherwise stretch it to full width).
     plain, frame_layout = widgets.Layout(), widgets.Layout(align_items="flex-start")
+    hidden = widgets.Layout(display="none")
     text_style = widgets.HTML.style.klass()  # the style class HTML uses (it differs in ipywidgets 7 and 8)
 
     def build(level: int) -> widgets.Widget:
@@ -180,7 +189,10 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
             if frame.text:
                 parts.append(widgets.HTML(f"<pre>{html.escape(frame.text)}</pre>", layout=plain,
                                           style=text_style))
-            return widgets.VBox(parts, layout=frame_layout)
+            parts.append(widgets.HTML(_label_html(frame, fmt), layout=hidden, style=text_style))
+            box = widgets.VBox(parts, layout=frame_layout)
+            box.add_class("retnet-frame")
+            return box
         children = [build(level + 1) for _ in params[level][1]]
         if has_stack:
             box = widgets.Stack(children, selected_index=0)
@@ -216,15 +228,23 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
         children.append(live_view(draw, live, name, fmt=fmt))
 
     box = FrameExplorer(children)
+    box.add_class("retnet-explorer")
     box.controls, box.play, box.stacks, box.links, box.frames = controls, player, stacks, links, frames
     # What the notebook (and the web page) really stores: every model's JSON, defaults included as
-    # nbclient saves them, PNGs in base64: ~2-3 KB per frame over the PNGs, plus ~10 KB. (Not counted:
+    # nbclient saves them, PNGs in base64: ~3 KB per frame over the PNGs, plus ~10 KB. (Not counted:
     # the figure a live view's Output holds, which only the frontend knows.)
     box.nbytes = len(json.dumps(dependency_state(box, drop_defaults=False)))
     if box.nbytes > max_bytes:
         raise ValueError(f"explorer exceeds {max_bytes} bytes ({box.nbytes} bytes of widget state "
                          f"for {len(frames)} frames); use fewer values, a smaller figure or a lower dpi")
     return box
+
+
+def _label_html(frame: Frame, fmt: Callable[[Any], str]) -> str:
+    """The hidden label a frame carries in the page: its values as each control displays them (``data-values``,
+    a JSON list) and as ``name=value`` text."""
+    shown = html.escape(json.dumps([fmt(v) for v in frame.values]), quote=True)
+    return f'<span class="retnet-frame-label" data-values="{shown}">{html.escape(frame.label)}</span>'
 
 
 def live_view(draw: Callable[..., Any], values: Values, name: str = "value", *,

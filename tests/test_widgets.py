@@ -1,5 +1,8 @@
-"""Unit tests of retnet_mini.widgets: frames, jslinks, ipywidgets 7 and 8, errors, determinism."""
+"""Unit tests of retnet_mini.widgets: frames, jslinks, ipywidgets 7 and 8, labels, errors, determinism."""
 import base64
+import html
+import json
+import re
 
 import matplotlib
 
@@ -86,10 +89,45 @@ def test_two_parameters_nested_stacks_each_linked():
     # frame (i, j) sits at outer.children[i].children[j], and carries its table under the image
     for i, h in enumerate([2, 4, 8]):
         for j, s in enumerate(["paper", "experiments"]):
-            image, text = outer.children[i].children[j].children
+            image, text, _label = outer.children[i].children[j].children
             frame = e.frames[2 * i + j]
             assert frame.values == (h, s) and image.value == frame.png
             assert f"{h}  " in text.value and s in text.value and "0.5000" in text.value
+
+
+def frame_label(frame_box):
+    """(data-values, text) of the hidden label a frame's box ends with."""
+    label = frame_box.children[-1]
+    assert isinstance(label, ipywidgets.HTML) and label.layout.display == "none"
+    m = re.fullmatch(r'<span class="retnet-frame-label" data-values="([^"]*)">([^<]*)</span>', label.value)
+    assert m, label.value
+    return json.loads(html.unescape(m[1])), html.unescape(m[2])
+
+
+def test_frames_carry_their_label_hidden():
+    e = rw.frame_explorer(draw2, {"heads": [2, 8], "schedule": ["paper (eq. 8)", "experiments"]},
+                          fmt=lambda v: f"{v} heads" if isinstance(v, int) else v)
+    assert "retnet-explorer" in e._dom_classes
+    outer = e.stacks[0][0]
+    for i, h in enumerate([2, 8]):
+        for j, s in enumerate(["paper (eq. 8)", "experiments"]):
+            box, frame = outer.children[i].children[j], e.frames[2 * i + j]
+            assert "retnet-frame" in box._dom_classes
+            assert frame.label == f"heads={h}, schedule={s!r}"
+            # data-values: what the controls display for this frame, in their order
+            assert frame_label(box) == ([f"{h} heads", s], frame.label)
+            shown = [c.options[k][0] for c, k in zip(e.controls, (i, j))]
+            assert frame_label(box)[0] == shown
+    # a frame with no text: image, then label
+    one = rw.frame_explorer(draw, [4, 8], name="chunk size").stacks[0][0]
+    assert [frame_label(box) for box in one.children] == [(["4"], "chunk size=4"), (["8"], "chunk size=8")]
+    assert [len(box.children) for box in one.children] == [2, 2]
+
+
+def test_label_is_escaped():
+    e = rw.frame_explorer(draw2, {"heads": [1], "schedule": ['<b>"x" & y</b>']})
+    assert frame_label(e.stacks[1][0].children[0]) == (["1", '<b>"x" & y</b>'],
+                                                       "heads=1, schedule='<b>\"x\" & y</b>'")
 
 
 def test_play_on_named_parameter_or_none():
@@ -111,6 +149,7 @@ def test_ipywidgets7_falls_back_to_tab(monkeypatch):
             assert tab.selected_index == 0
     inner = e.stacks[1][0]
     assert [inner.get_title(i) for i in range(2)] == ["paper", "experiments"]
+    assert frame_label(inner.children[1]) == (["2", "experiments"], "heads=2, schedule='experiments'")
     pairs = [linked(link) for link in e.links]
     assert ((e.controls[0], "index"), (e.stacks[0][0], "selected_index")) in pairs
     style = e.children[-1]  # hides the tab bar, the second unlinked way to switch frames
@@ -147,7 +186,7 @@ def test_errors_are_clear():
 def test_size_counts_the_whole_widget_state():
     e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size")
     pngs = sum(len(base64.b64encode(f.png)) for f in e.frames)
-    assert pngs < e.nbytes < pngs + 12_000 + 3 * 3_000  # PNGs in base64, plus each widget's JSON
+    assert pngs < e.nbytes < pngs + 12_000 + 3 * 4_000  # PNGs in base64, plus each widget's JSON
     with pytest.raises(ValueError, match="bytes of widget state for 3 frames"):
         rw.frame_explorer(draw, [4, 8, 16], max_bytes=(pngs + e.nbytes) // 2)
 
