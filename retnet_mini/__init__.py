@@ -8,6 +8,8 @@ Layers of the package, bottom to top (imports go one way):
 - :mod:`retnet_mini.model`: ``RetNetConfig`` and ``RetNetLM``;
 - :mod:`retnet_mini.transformer`: a same-size Transformer baseline with a KV cache;
 - :mod:`retnet_mini.data`, :mod:`retnet_mini.training`: tokenizer, corpus, training loop;
+- :mod:`retnet_mini.tasks`: synthetic probes (associative recall, copying);
+- :mod:`retnet_mini.bench`: benchmarks (`python -m retnet_mini.bench NAME`);
 - :mod:`retnet_mini.memory`, :mod:`retnet_mini.widgets`, :mod:`retnet_mini.exercises`: what the book uses.
 """
 from .retention import (

@@ -24,6 +24,7 @@ from .retention import (
 from .rotation import rope_theta, rotate, torchscale_theta
 
 MODES = ("parallel", "recurrent", "chunkwise")
+DECAYS = ("paper", "experiment", "torchscale", "none", "single", "gated")   # see decay_schedule
 
 
 class RMSNorm(nn.Module):
@@ -97,11 +98,12 @@ def rescale_factors(log_decay: Tensor, offset: int, length: int) -> Tensor:
 class MultiScaleRetention(nn.Module):
     """Gated multi-scale retention: ``MSR(X) = (swish(X W_G) * HeadNorm(Retention(X))) W_O``.
 
-    One gamma per head (fixed, not learned). ``q`` and ``k`` are rotated by theta; ``k`` is scaled by
-    ``d_k^-1/2`` (rescaling 1). With ``rescale=True`` the paper's rescalings 2 and 3 are applied too, as
-    per-position factors computed identically in every mode, so the three modes stay equal whatever the
-    norm's eps. The retention state carries one extra value column (the sum of decayed keys) for
-    rescaling 3's row sums.
+    One gamma per head (fixed, not learned), or with ``decay="gated"`` one per head and position computed
+    from the input by ``decay_proj`` (:func:`gated_log_decay`). ``q`` and ``k`` are rotated by theta;
+    ``k`` is scaled by ``d_k^-1/2`` (rescaling 1). With ``rescale=True`` the paper's rescalings 2 and 3
+    are applied too, as per-position factors computed identically in every mode, so the three modes stay
+    equal whatever the norm's eps. The retention state carries one extra value column (the sum of decayed
+    keys) for rescaling 3's row sums.
     """
 
     def __init__(self, config) -> None:
@@ -115,7 +117,10 @@ class MultiScaleRetention(nn.Module):
         self.g_proj = nn.Linear(c.d_model, c.value_dim, bias=c.bias) if c.gate else None
         self.out_proj = nn.Linear(c.value_dim, c.d_model, bias=c.bias)
         self.head_norm = HeadNorm(c.head_norm, c.n_heads, self.value_dim, c.norm_eps)
-        self.register_buffer("log_decay", decay_schedule(c.decay, c.n_heads), persistent=False)
+        gated = c.decay == "gated"      # ln(gamma) from the input (decay_proj), else a fixed buffer per head
+        self.decay_proj = nn.Linear(c.d_model, c.n_heads) if gated else None
+        fixed_decay = None if gated else decay_schedule(c.decay, c.n_heads)          # (H,) ln(gamma)
+        self.register_buffer("log_decay", fixed_decay, persistent=False)
         theta = torchscale_theta(self.key_dim) if c.theta == "torchscale" else rope_theta(self.key_dim)
         self.register_buffer("theta", theta, persistent=False)
         self.reset_parameters()
@@ -129,6 +134,10 @@ class MultiScaleRetention(nn.Module):
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.out_proj):
             if proj is not None and proj.bias is not None:
                 nn.init.zeros_(proj.bias)
+        if self.decay_proj is not None:  # small weights; the bias starts every head at the paper's gamma
+            nn.init.xavier_uniform_(self.decay_proj.weight, gain=2 ** -2.5)
+            with torch.no_grad():
+                self.decay_proj.bias.copy_(gate_logit_for(paper_log_decay(self.n_heads)))
 
     def state_shape(self, batch: int) -> Tuple[int, int, int, int]:
         """Shape of this layer's state: ``(B, H, d_k, d_v [+1 with rescaling])``."""
@@ -136,18 +145,23 @@ class MultiScaleRetention(nn.Module):
 
     def forward(
         self, x: Tensor, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
-        chunk_size: int = 64,
+        chunk_size: int = 64, inplace: bool = False,
     ) -> Tuple[Tensor, Tensor]:
-        """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state."""
+        """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state.
+
+        ``inplace`` (recurrent mode only): update ``state`` in place, for decoding loops that own it."""
         B, T, _ = x.shape
         heads = lambda t, d: t.view(B, T, self.n_heads, d).transpose(1, 2)   # (B, H, T, d)
         q = rotate(heads(self.q_proj(x), self.key_dim), self.theta, offset)
         k = rotate(heads(self.k_proj(x), self.key_dim), self.theta, offset) * self.key_dim ** -0.5
         v = heads(self.v_proj(x), self.value_dim)
-        log_decay = self.log_decay.to(q.dtype)
+        if self.decay_proj is not None:   # gated: (B, H, T), from these tokens only, so states continue
+            log_decay = gated_log_decay(self.decay_proj(x)).transpose(1, 2).to(q.dtype)
+        else:
+            log_decay = self.log_decay.to(q.dtype)
         if self.rescale:  # a column of ones makes retention also return rescaling 3's row sums
             v = torch.cat([v, v.new_ones(B, self.n_heads, T, 1)], dim=-1)
-        o, state = retention(q, k, v, log_decay, mode, state, chunk_size)
+        o, state = retention(q, k, v, log_decay, mode, state, chunk_size, inplace)
         if self.rescale:
             o, row_sum = o[..., :-1], o[..., -1:]
             factor = rescale_factors(log_decay, offset, T)                       # (H, T, 1)
@@ -159,11 +173,12 @@ class MultiScaleRetention(nn.Module):
 
 
 def retention(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, mode: str, state: Optional[Tensor], chunk_size: int
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, mode: str, state: Optional[Tensor], chunk_size: int,
+    inplace: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Dispatch to one of the three forms; every mode returns ``(o, state)`` and continues ``state``."""
     if mode == "recurrent":
-        return recurrent_retention(q, k, v, log_decay, state)
+        return recurrent_retention(q, k, v, log_decay, state, inplace=inplace and state is not None)
     if mode == "chunkwise":
         return chunkwise_retention(q, k, v, log_decay, chunk_size, state)
     if mode == "parallel":
@@ -180,6 +195,9 @@ def decay_schedule(kind: str, n_heads: int) -> Tensor:
     ``"paper"`` (eq. 8), ``"experiment"`` (the LM runs' schedule), ``"torchscale"`` (eq. 8 computed in
     float32 like the official code), ``"none"`` (gamma = 1: linear attention), ``"single"`` (gamma =
     127/128 in every head, the paper's ablation).
+
+    ``RetNetConfig(decay="gated")`` has no fixed schedule: each layer computes ``ln(gamma)`` per head and
+    position from its input (:func:`gated_log_decay`), starting near the paper's schedule.
     """
     if kind == "paper":
         return paper_log_decay(n_heads)
@@ -191,7 +209,32 @@ def decay_schedule(kind: str, n_heads: int) -> Tensor:
         return torch.zeros(n_heads, dtype=torch.float64)
     if kind == "single":
         return torch.full((n_heads,), math.log(127 / 128), dtype=torch.float64)
-    raise ValueError(f"decay must be 'paper', 'experiment', 'torchscale', 'none' or 'single', got {kind!r}")
+    if kind == "gated":
+        raise ValueError("decay 'gated' has no fixed schedule: each layer computes it from its input")
+    raise ValueError(f"decay must be one of {DECAYS}, got {kind!r}")
+
+
+GATE_TEMPERATURE = 16.0   # gated linear attention's normalizer tau: gamma = sigmoid(z)^(1/16) stays near 1
+
+
+def gated_log_decay(gate_logits: Tensor, temperature: float = GATE_TEMPERATURE) -> Tensor:
+    """Data-dependent decay, gated linear attention's simple gating: ``ln(gamma_t) = logsigmoid(z_t) / tau``.
+
+    ``gamma_t = sigmoid(z_t)^(1/tau)`` with ``z_t = x_t w_h + b_h`` per head: always in (0, 1), and with
+    ``tau = 16`` near 1 unless ``z_t`` is very negative (``gamma = 1/2`` needs ``z = -11.1``). Elementwise:
+    ``(B, T, H)`` logits -> ``(B, T, H)`` log decays (``<= 0``, computed without overflow).
+    """
+    return F.logsigmoid(gate_logits) / temperature
+
+
+def gate_logit_for(log_decay: Tensor, temperature: float = GATE_TEMPERATURE) -> Tensor:
+    """The inverse of :func:`gated_log_decay`: the logit ``z`` with ``logsigmoid(z) / tau = ln(gamma)``.
+
+    ``z = logit(gamma^tau) = tau ln(gamma) - ln(1 - gamma^tau)``; needs ``ln(gamma) < 0``. A gate whose
+    weights are zero and whose bias is this gives RetNet's fixed decay exactly.
+    """
+    a = temperature * log_decay
+    return a - torch.log(-torch.expm1(a))
 
 
 class FeedForward(nn.Module):
@@ -223,7 +266,8 @@ class RetNetBlock(nn.Module):
         self.ffn_norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: Tensor, mode: str, state: Optional[Tensor], offset: int, chunk_size: int):
-        h, state = self.retention(self.retention_norm(x), mode, state, offset, chunk_size)
+    def forward(self, x: Tensor, mode: str, state: Optional[Tensor], offset: int, chunk_size: int,
+                inplace: bool = False):
+        h, state = self.retention(self.retention_norm(x), mode, state, offset, chunk_size, inplace)
         x = x + h
         return x + self.ffn(self.ffn_norm(x)), state

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import MODES, RetNetBlock, make_norm
+from .layers import DECAYS, MODES, RetNetBlock, make_norm
 
 
 @dataclass
@@ -32,7 +32,7 @@ class RetNetConfig:
     ffn: str = "gelu"                    # "gelu" | "glu"
     bias: bool = True
     theta: str = "rope"                  # "rope" | "torchscale"
-    decay: str = "paper"                 # see layers.decay_schedule
+    decay: str = "paper"                 # see layers.decay_schedule; "gated": computed from the input
     gate: bool = True                    # the swish gate
     rescale: bool = False                # the paper's rescalings 2 and 3 (1, k * d_k^-1/2, is always on)
     norm_eps: float = 1e-5
@@ -57,6 +57,13 @@ class RetNetConfig:
             raise ValueError(f"value_dim ({self.value_dim}) must be divisible by n_heads ({self.n_heads})")
         if self.norm_eps < 0:
             raise ValueError(f"norm_eps must be >= 0, got {self.norm_eps}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+        if self.decay == "gated" and self.rescale:
+            raise ValueError(
+                "rescale=True needs a fixed decay (its factors are row sums of a fixed gamma's decay matrix); "
+                "use rescale=False with decay='gated'"
+            )
 
     @classmethod
     def paper(cls, vocab_size: int, d_model: int = 256, n_heads: int = 4, n_layers: int = 4, **overrides):
@@ -127,12 +134,15 @@ class RetNetLM(nn.Module):
         self._check_forward_args(tokens, mode, state, chunk_size)
         return self._forward(tokens, mode, state, chunk_size or self.config.chunk_size)
 
-    def _forward(self, tokens: Tensor, mode: str, state: Optional[RetNetState], chunk_size: int):
+    def _forward(self, tokens: Tensor, mode: str, state: Optional[RetNetState], chunk_size: int,
+                 inplace: bool = False):
+        """The forward pass without argument checks; ``inplace`` (recurrent mode, no autograd) updates the
+        layer states of ``state`` in place: for decoding loops that own their state."""
         offset = 0 if state is None else state.offset
         x = self.embed(tokens)
         new_states = []
         for i, block in enumerate(self.blocks):
-            x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size)
+            x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size, inplace)
             new_states.append(s)
         logits = self.lm_head(self.final_norm(x))
         return logits, RetNetState(new_states, offset + tokens.shape[1])
@@ -191,7 +201,7 @@ class RetNetLM(nn.Module):
         self._check_forward_args(prompt_tokens, prefill, None, None)
         logits, state = self._forward(prompt_tokens, prefill, None, self.config.chunk_size)
         return decode_loop(
-            lambda tok, st: self._forward(tok, "recurrent", st, 1), prompt_tokens, logits[:, -1], state,
+            lambda tok, st: self._forward(tok, "recurrent", st, 1, inplace=True), prompt_tokens, logits[:, -1], state,
             max_new_tokens, temperature, top_k, generator,
         )
 

@@ -110,7 +110,7 @@ def test_the_chapters_official_normalizers_reproduce_the_official_logits():
     exec(compile(source, f"{NOTEBOOK.name}[official normalizers]", "exec"), ns)
     fx = torch.load(Path(__file__).parent / "data" / "torchscale_tiny.pt", weights_only=True)
 
-    def official_retention(q, k, v, log_decay, mode, state, chunk_size):
+    def official_retention(q, k, v, log_decay, mode, state, chunk_size, inplace=False):
         if mode == "parallel":
             return ns["official_parallel"](q, k, v, log_decay), None
         if mode == "recurrent":

@@ -1,0 +1,246 @@
+"""Checkers for the exercises of "Limits and successors" (book/limits.ipynb).
+
+- :func:`check_mqar_example`: lay out one multi-query associative recall sequence from its parts.
+- :func:`check_state_numbers`: how many numbers a RetNet's state and a Transformer's KV cache hold.
+- :func:`check_gate_log_decay`: gated linear attention's simple gate, turned into a per-position log-decay.
+- :func:`check_masked_accuracy`: accuracy counted on the answer positions only.
+
+Each checker runs the reader's function on random cases and compares it with the package; on a mismatch
+it raises :class:`ExerciseError` saying what is wrong, with a hint when the answer matches a known mistake.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..layers import gated_log_decay
+from ..tasks import masked_accuracy, mqar_layout
+from . import ExerciseError, compare, random_cases
+
+__all__ = ["check_mqar_example", "check_state_numbers", "check_gate_log_decay", "check_masked_accuracy",
+           "state_numbers_reference"]
+
+
+def _randint(g: torch.Generator, low: int, high: int) -> int:
+    """An int in [low, high] (both included)."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def _subset(g: torch.Generator, population: int, size: int) -> Tensor:
+    return torch.randperm(population, generator=g)[:size]
+
+
+def _same_outputs(answer, variant, cases: List[Dict[str, Any]], name: str) -> bool:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            compare(answer, variant, cases, name)
+        return True
+    except Exception:
+        return False
+
+
+def _compare_with_hints(answer, reference, cases, name, hints: Sequence[Tuple[Callable[..., Any], str]] = ()) -> None:
+    """:func:`compare` (prints one success line); on failure, a hint when the answer behaves like a known mistake."""
+    cases = list(cases)
+    try:
+        compare(answer, reference, cases, name)
+    except ExerciseError as error:
+        for variant, hint in hints:
+            if _same_outputs(answer, variant, cases, "hint"):
+                raise ExerciseError(f"{error}\n  hint: {hint}") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: one MQAR sequence
+# ---------------------------------------------------------------------------------------------
+def _mqar_case(g: torch.Generator) -> Dict[str, Any]:
+    N = _randint(g, 1, 6)
+    Q = _randint(g, 1, N)
+    T = 2 * N + 2 * Q - 1 + _randint(g, 0, 8)
+    n_slots = (T + 1 - 2 * N) // 2
+    keys = _subset(g, 10, N) + 1                    # ids 1..10
+    values = _subset(g, 10, N) + 11                 # ids 11..20
+    return dict(keys=keys, values=values, queried=_subset(g, N, Q), slots=_subset(g, n_slots, Q), seq_len=T)
+
+
+def _mqar_reference(keys, values, queried, slots, seq_len):
+    x, y, mask = mqar_layout(keys[None], values[None], queried[None], slots[None], seq_len)
+    return x[0], y[0], mask[0].long()
+
+
+def _mqar_mask_on_answers(keys, values, queried, slots, seq_len):
+    x, y, mask = _mqar_reference(keys, values, queried, slots, seq_len)
+    return x, y, torch.roll(mask, 1)
+
+
+def _mqar_targets_are_inputs(keys, values, queried, slots, seq_len):
+    x, y, mask = _mqar_reference(keys, values, queried, slots, seq_len)
+    return x, x.clone(), mask
+
+
+def check_mqar_example(mqar_example: Callable[..., Tuple[Tensor, Tensor, Tensor]], n_cases: int = 25) -> None:
+    """Check ``mqar_example(keys, values, queried, slots, seq_len) -> (inputs, targets, loss_mask)``.
+
+    ``keys, values``: ``(N,)`` int64; ``queried``: ``(Q,)`` pair indices in the order asked; ``slots``:
+    ``(Q,)`` distinct slot numbers; ``seq_len``: ``T``. The full sequence has ``T + 1`` tokens: the pairs
+    ``k_1 v_1 ... k_N v_N``, then filler ``0`` except query ``j``: ``keys[queried[j]]`` at position
+    ``2N + 2 slots[j]`` and its value right after. ``inputs`` = the first ``T`` tokens, ``targets`` = the last
+    ``T``, ``loss_mask`` (bool) True where the input is a query. See :func:`retnet_mini.tasks.mqar_layout`.
+    """
+    name = "check_mqar_example"
+
+    def checked(keys, values, queried, slots, seq_len):
+        out = mqar_example(keys=keys, values=values, queried=queried, slots=slots, seq_len=seq_len)
+        if not isinstance(out, tuple) or len(out) != 3:
+            raise ExerciseError(f"{name}: return a tuple (inputs, targets, loss_mask), got {type(out).__name__}")
+        x, y, mask = out
+        for label, t, dtype in (("inputs", x, torch.int64), ("targets", y, torch.int64), ("loss_mask", mask, torch.bool)):
+            if not isinstance(t, Tensor) or t.dtype != dtype:
+                got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+                raise ExerciseError(f"{name}: {label} should be a {dtype} tensor, got {got}")
+        return x, y, mask.long()
+
+    hints = [
+        (_mqar_mask_on_answers, "the mask marks the query positions (where the key is the input and the value "
+                                "is the target), not the positions where the value is the input."),
+        (_mqar_targets_are_inputs, "targets are the NEXT tokens: the sequence has T + 1 tokens, inputs are "
+                                   "seq[:-1] and targets seq[1:]."),
+    ]
+    try:
+        _compare_with_hints(checked, _mqar_reference, random_cases(_mqar_case, n_cases, seed=41), name, hints)
+    except ExerciseError as error:
+        if str(error).startswith(f"{name}: your function raised ExerciseError: "):
+            raise ExerciseError(str(error).split("ExerciseError: ", 1)[1]) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: state and cache sizes
+# ---------------------------------------------------------------------------------------------
+def state_numbers_reference(d_model: int, n_heads: int, value_dim: int, n_layers: int, context: int) -> Tuple[int, int]:
+    """``(RetNet state, Transformer KV cache)`` in numbers per sequence, all layers.
+
+    RetNet: each layer holds one ``d_k x d_v`` matrix per head (``d_k = d_model / H``, ``d_v = value_dim /
+    H``), what :meth:`RetNetLM.init_state` allocates, whatever the context. The KV cache holds a key and
+    a value of ``d_model`` numbers per layer per position seen.
+    """
+    return n_layers * n_heads * (d_model // n_heads) * (value_dim // n_heads), 2 * n_layers * context * d_model
+
+
+def _state_case(g: torch.Generator) -> Dict[str, Any]:
+    H = [1, 2, 4, 8, 16][_randint(g, 0, 4)]
+    d = H * 2 * _randint(g, 1, 64)
+    value_dim = H * _randint(g, 1, 128) if _randint(g, 0, 1) else 2 * d
+    return dict(d_model=d, n_heads=H, value_dim=value_dim, n_layers=_randint(g, 1, 32), context=_randint(g, 1, 8192))
+
+
+def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: int = 25) -> None:
+    """Check ``state_numbers(d_model, n_heads, value_dim, n_layers, context) -> (retnet, kv_cache)``: how many
+    numbers a RetNet's recurrent state holds (whatever the context) and how many a Transformer's KV cache
+    holds after ``context`` tokens, both per sequence, all layers."""
+    name = "check_state_numbers"
+    n = 0
+    for n, case in enumerate(random_cases(_state_case, n_cases, seed=42), start=1):
+        try:
+            got = state_numbers(**case)
+        except Exception as e:
+            raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {case}") from e
+        want = state_numbers_reference(**case)
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise ExerciseError(f"{name}: return a tuple (retnet_state, kv_cache) of two ints, got {type(got).__name__}")
+        got = tuple(g.item() if isinstance(g, Tensor) and g.numel() == 1 else g for g in got)
+        for label, g_, w in zip(("RetNet state", "KV cache"), got, want):
+            if not isinstance(g_, (int, float)) or isinstance(g_, bool):
+                raise ExerciseError(f"{name}: the {label} should be an int, got {type(g_).__name__}")
+            if g_ != w:
+                hint = ""
+                d, H, V, L, T = (case[k] for k in ("d_model", "n_heads", "value_dim", "n_layers", "context"))
+                if label == "RetNet state" and g_ == L * d * V:
+                    hint = "\n  hint: each head holds a d_k x d_v matrix with d_k = d_model / H and d_v = value_dim / H."
+                elif label == "RetNet state" and g_ == w // L:
+                    hint = "\n  hint: every layer has its own state."
+                elif label == "KV cache" and g_ == w // 2:
+                    hint = "\n  hint: the cache holds a key AND a value per position and layer."
+                raise ExerciseError(f"{name}: {label}: got {g_:,}, expected {w:,}\n  on {case}{hint}")
+    print(f"{name}: correct on all {n} random cases.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3: the gate, as a log-decay
+# ---------------------------------------------------------------------------------------------
+def _gate_case(g: torch.Generator) -> Dict[str, Any]:
+    B, T, d, H = _randint(g, 1, 3), _randint(g, 1, 9), _randint(g, 1, 8), _randint(g, 1, 4)
+    x = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    w = torch.randn(d, H, generator=g, dtype=torch.float64) * 10 ** (_randint(g, 0, 4) - 1)   # some gates saturate
+    b = torch.randn(H, generator=g, dtype=torch.float64) * 4
+    tau = [16.0, 16.0, 1.0, 4.0][_randint(g, 0, 3)]
+    return dict(x=x, w=w, b=b, tau=tau)
+
+
+def _gate_reference(x, w, b, tau):
+    return gated_log_decay(x @ w + b, tau).transpose(1, 2)
+
+
+def check_gate_log_decay(gate_log_decay: Callable[..., Tensor], n_cases: int = 25) -> None:
+    """Check ``gate_log_decay(x, w, b, tau) -> log_decay``: ``ln gamma = logsigmoid(x w + b) / tau``.
+
+    ``x: (B, T, d)``, ``w: (d, H)``, ``b: (H,)``; returns ``(B, H, T)``, the layout the retention forms
+    take. Some cases have gate logits near -1000, where ``log(sigmoid(z))`` is ``-inf`` in float64.
+    """
+    hints = [
+        (lambda x, w, b, tau: (torch.log(torch.sigmoid(x @ w + b)) / tau).transpose(1, 2),
+         "log(sigmoid(z)) underflows to -inf for very negative z: use torch.nn.functional.logsigmoid."),
+        (lambda x, w, b, tau: F.logsigmoid(x @ w + b).transpose(1, 2),
+         "divide by tau: gamma = sigmoid(z)^(1/tau)."),
+        (lambda x, w, b, tau: (F.logsigmoid(x @ w + b) * tau).transpose(1, 2),
+         "gamma = sigmoid(z)^(1/tau): the log is divided by tau, not multiplied."),
+        (lambda x, w, b, tau: (torch.sigmoid(x @ w + b) ** (1 / tau)).transpose(1, 2),
+         "return ln(gamma), not gamma."),
+    ]
+    _compare_with_hints(gate_log_decay, _gate_reference, random_cases(_gate_case, n_cases, seed=43),
+                        "check_gate_log_decay", hints)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 4: accuracy on the answers only
+# ---------------------------------------------------------------------------------------------
+def _accuracy_case(g: torch.Generator) -> Dict[str, Any]:
+    B, T, V = _randint(g, 1, 4), _randint(g, 2, 12), _randint(g, 2, 9)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    right = torch.rand(B, T, generator=g) < 0.5          # make about half the predictions right
+    logits[right] = logits[right].scatter(-1, targets[right][:, None], 10.0)
+    mask = torch.rand(B, T, generator=g) < 0.4
+    mask[0, 0] = True
+    return dict(logits=logits, targets=targets, loss_mask=mask)
+
+
+def check_masked_accuracy(accuracy: Callable[..., float], n_cases: int = 25) -> None:
+    """Check ``accuracy(logits, targets, loss_mask) -> float``: the fraction of masked positions whose argmax
+    is the target (``logits (B, T, V)``, ``targets (B, T)``, ``loss_mask (B, T)`` bool)."""
+    def as_tensor(fn):
+        def wrapped(**case):
+            out = fn(**case)
+            if isinstance(out, Tensor) and out.numel() == 1:
+                out = out.item()
+            if not isinstance(out, (int, float)) or isinstance(out, bool):
+                raise ExerciseError(f"check_masked_accuracy: return a float, got {type(out).__name__}")
+            return torch.tensor(float(out), dtype=torch.float64)
+        return wrapped
+
+    hints = [
+        (as_tensor(lambda logits, targets, loss_mask: (logits.argmax(-1) == targets).double().mean().item()),
+         "only the positions where loss_mask is True count; the others are context, not answers."),
+        (as_tensor(lambda logits, targets, loss_mask:
+                   ((logits.argmax(-1) == targets) & loss_mask).double().mean().item()),
+         "divide by the number of masked positions, not by all B * T positions."),
+    ]
+    _compare_with_hints(as_tensor(accuracy), as_tensor(masked_accuracy), random_cases(_accuracy_case, n_cases, seed=44),
+                        "check_masked_accuracy", hints)

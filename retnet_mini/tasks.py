@@ -1,0 +1,315 @@
+"""Synthetic probes of what a fixed-size state can hold: associative recall and copying.
+
+Both tasks are generated in code from a ``torch.Generator`` (no data files) and come as next-token
+prediction: ``inputs`` and ``targets`` are ``(B, T)`` int64 with ``targets[:, t]`` the token that follows
+``inputs[:, t]``, and a boolean ``loss_mask`` ``(B, T)`` that is True exactly at the positions whose
+target is an answer. Only those positions are scored (:func:`masked_cross_entropy`,
+:func:`masked_accuracy`); everything else in the sequence is context that cannot be predicted.
+
+- :func:`mqar`: multi-query associative recall, as in the Zoology study (Arora et al. 2023): key-value
+  pairs, then some of the keys again; after each queried key the model must produce its value.
+- :func:`copy_task`: a random string, a separator, then the string again (as in "Repeat After Me",
+  Jelassi et al. 2024): after the separator the model must reproduce the string token by token.
+
+Attention can look an answer up in its KV cache at any distance. A recurrent model must have kept it in
+its state: with ``N`` pairs (or ``L`` symbols) to remember and a state of fixed size, recall must fail
+once ``N`` (or ``L``) is large enough, and a fixed decay forgets early pairs whatever the state size.
+
+:func:`train_on_task` and :func:`evaluate_on_task` are the small training loop the chapter
+``book/limits.ipynb`` uses (fresh random batches every step, masked loss, AdamW), for any model called as
+``logits, state = model(tokens)`` (:class:`~retnet_mini.model.RetNetLM`,
+:class:`~retnet_mini.transformer.TransformerLM`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "FILLER",
+    "SEPARATOR",
+    "mqar_vocab",
+    "mqar",
+    "mqar_layout",
+    "copy_task",
+    "masked_cross_entropy",
+    "masked_accuracy",
+    "TokenShiftEmbedding",
+    "add_token_shift",
+    "TaskHistory",
+    "train_on_task",
+    "evaluate_on_task",
+]
+
+Batch = Tuple[Tensor, Tensor, Tensor]
+
+FILLER = 0      # MQAR: the token between queries (it carries no information)
+SEPARATOR = 0   # copying: the token between the string and its copy
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _random_subsets(batch: int, population: int, size: int, generator: Optional[torch.Generator]) -> Tensor:
+    """``(batch, size)``: in each row ``size`` distinct numbers from ``0 .. population - 1``, in random order."""
+    return torch.rand(batch, population, generator=generator).argsort(dim=-1)[:, :size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-query associative recall
+# ---------------------------------------------------------------------------------------------
+def mqar_vocab(vocab_size: int) -> Tuple[range, range]:
+    """The ids MQAR uses as keys and as values: ``FILLER = 0``, keys ``1 .. K``, values ``K + 1 .. V - 1``
+    with ``K = (V - 1) // 2`` (so keys and values never share an id). Returns ``(keys, values)`` ranges."""
+    _positive_int("vocab_size", vocab_size, minimum=3)
+    n_keys = (vocab_size - 1) // 2
+    return range(1, 1 + n_keys), range(1 + n_keys, vocab_size)
+
+
+def mqar(
+    batch_size: int,
+    num_pairs: int,
+    seq_len: int,
+    vocab_size: int,
+    num_queries: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Batch:
+    """A batch of multi-query associative recall sequences.
+
+    Each sequence of ``seq_len + 1`` tokens is ``k_1 v_1 k_2 v_2 ... k_N v_N`` (``N = num_pairs``
+    distinct keys, distinct values; see :func:`mqar_vocab`), then a query region of ``seq_len - 2N + 1``
+    tokens: ``num_queries`` of the keys (a random subset, in random order), each followed by its value,
+    at random places among :data:`FILLER` tokens. ``inputs`` are its first ``seq_len`` tokens, ``targets``
+    its last ``seq_len`` (the next token), and ``loss_mask`` is True at each queried key: there the
+    target is the value paired with that key earlier.
+
+    Args:
+        batch_size: ``B``; num_pairs: ``N >= 1``; seq_len: ``T``, needs ``T >= 2N + 2Q - 1``;
+        vocab_size: needs at least ``N`` keys and ``N`` values, i.e. ``vocab_size >= 2N + 1``;
+        num_queries: ``Q``, 1 to ``N`` (None: ``N``, every key is queried, as in Zoology);
+        generator: a ``torch.Generator`` (CPU) for reproducible batches.
+    Returns:
+        ``inputs, targets``: ``(B, T)`` int64; ``loss_mask``: ``(B, T)`` bool with ``Q`` True per row.
+    """
+    B = _positive_int("batch_size", batch_size)
+    N = _positive_int("num_pairs", num_pairs)
+    T = _positive_int("seq_len", seq_len)
+    Q = N if num_queries is None else _positive_int("num_queries", num_queries)
+    if Q > N:
+        raise ValueError(f"num_queries ({Q}) cannot exceed num_pairs ({N}): only {N} keys can be queried")
+    keys, values = mqar_vocab(vocab_size)
+    if N > len(keys) or N > len(values):
+        raise ValueError(
+            f"num_pairs ({N}) needs {N} distinct keys and {N} distinct values, but vocab_size {vocab_size} "
+            f"has {len(keys)} keys and {len(values)} values: use vocab_size >= {2 * N + 1}"
+        )
+    region = T + 1 - 2 * N                  # tokens after the pairs (the sequence has T + 1 tokens)
+    slots = region // 2                     # room for this many (query, answer) couples
+    if slots < Q:
+        raise ValueError(
+            f"seq_len ({T}) is too short for {N} pairs and {Q} queries: needs seq_len >= {2 * N + 2 * Q - 1}"
+        )
+    k = _random_subsets(B, len(keys), N, generator) + keys.start           # (B, N) distinct keys
+    v = _random_subsets(B, len(values), N, generator) + values.start       # (B, N) distinct values
+    queried = _random_subsets(B, N, Q, generator)                          # which pairs are queried
+    slots_used = _random_subsets(B, slots, Q, generator)                   # in which slots
+    return mqar_layout(k, v, queried, slots_used, T)
+
+
+def mqar_layout(keys: Tensor, values: Tensor, queried: Tensor, slots: Tensor, seq_len: int) -> Batch:
+    """Lay out MQAR sequences from their parts (what :func:`mqar` draws at random).
+
+    Args:
+        keys, values: ``(B, N)`` ids; pair ``i`` is ``keys[:, i], values[:, i]``.
+        queried: ``(B, Q)`` indices into the pairs, in the order they are asked.
+        slots: ``(B, Q)`` distinct slot numbers; query ``j`` is written at position ``2N + 2 slots[:, j]``
+            (its key), followed by its value; slots must satisfy ``2N + 2 slot + 1 <= seq_len``.
+        seq_len: ``T``.
+    Returns:
+        ``inputs, targets`` ``(B, T)`` int64 and ``loss_mask`` ``(B, T)`` bool, as :func:`mqar` describes.
+    """
+    B, N = keys.shape
+    seq = torch.full((B, seq_len + 1), FILLER, dtype=torch.long, device=keys.device)
+    seq[:, 0:2 * N:2], seq[:, 1:2 * N:2] = keys, values                     # k_1 v_1 ... k_N v_N
+    query_pos = 2 * N + 2 * slots                                          # (B, Q) where the queries go
+    seq.scatter_(1, query_pos, keys.gather(1, queried))
+    seq.scatter_(1, query_pos + 1, values.gather(1, queried))
+    mask = torch.zeros(B, seq_len, dtype=torch.bool, device=keys.device)
+    mask.scatter_(1, query_pos, True)                                      # answer = the value after the key
+    return seq[:, :-1].contiguous(), seq[:, 1:].contiguous(), mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Copying
+# ---------------------------------------------------------------------------------------------
+def copy_task(
+    batch_size: int, string_length: int, vocab_size: int, generator: Optional[torch.Generator] = None
+) -> Batch:
+    """A batch of copying sequences: a random string, :data:`SEPARATOR`, then the string again.
+
+    The full sequence ``s_1 .. s_L SEP s_1 .. s_L`` has ``2L + 1`` tokens (symbols are ids ``1 ..
+    vocab_size - 1``, drawn uniformly and independently); ``inputs`` are its first ``2L``, ``targets`` its
+    last ``2L``, and ``loss_mask`` is True at the last ``L`` positions (from the separator on), where the
+    target is the next symbol of the copy.
+
+    Args:
+        batch_size: ``B``; string_length: ``L >= 1``; vocab_size: ``>= 2`` (the separator and at least one
+        symbol; with one symbol the task is trivial); generator: a ``torch.Generator`` (CPU).
+    Returns:
+        ``inputs, targets``: ``(B, 2L)`` int64; ``loss_mask``: ``(B, 2L)`` bool with ``L`` True per row.
+    """
+    B = _positive_int("batch_size", batch_size)
+    L = _positive_int("string_length", string_length)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
+        raise ValueError(f"vocab_size must be an int >= 2 (the separator and at least one symbol), got {vocab_size!r}")
+    s = torch.randint(1, vocab_size, (B, L), generator=generator)
+    seq = torch.cat([s, torch.full((B, 1), SEPARATOR, dtype=torch.long), s], dim=1)
+    mask = torch.zeros(B, 2 * L, dtype=torch.bool)
+    mask[:, L:] = True
+    return seq[:, :-1].contiguous(), seq[:, 1:].contiguous(), mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring only the answers
+# ---------------------------------------------------------------------------------------------
+def _check_scored(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> None:
+    if logits.ndim != 3 or targets.shape != logits.shape[:2] or loss_mask.shape != targets.shape:
+        raise ValueError(
+            f"need logits (B, T, V), targets (B, T) and loss_mask (B, T); got {tuple(logits.shape)}, "
+            f"{tuple(targets.shape)}, {tuple(loss_mask.shape)}"
+        )
+    if loss_mask.dtype != torch.bool:
+        raise ValueError(f"loss_mask must be a bool tensor, got {loss_mask.dtype}")
+    if not loss_mask.any():
+        raise ValueError("loss_mask selects no position: nothing to score")
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> Tensor:
+    """Mean cross-entropy (nats) over the positions where ``loss_mask`` is True; the others do not count."""
+    _check_scored(logits, targets, loss_mask)
+    return F.cross_entropy(logits[loss_mask].float(), targets[loss_mask])
+
+
+def masked_accuracy(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> float:
+    """Fraction of the masked positions where the most likely token (argmax) is the target."""
+    _check_scored(logits, targets, loss_mask)
+    return (logits.argmax(-1)[loss_mask] == targets[loss_mask]).double().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# A token shift: each position also sees the token before it
+# ---------------------------------------------------------------------------------------------
+class TokenShiftEmbedding(nn.Embedding):
+    """``x_t = E[token_t] + P[token_{t-1}]`` (``P[token_{-1}] = 0``): an embedding that adds the previous token's.
+
+    Recall needs each value bound to the key just before it. Without help a model must first learn a
+    "previous token" mechanism in one layer before a second layer can look keys up, and small models sit
+    on a long plateau before they do. Successors of RetNet build the shift in: RWKV's token shift, H3's
+    shift SSM, the short convolutions of Mamba, Based and Zoology's models. This is the simplest of them
+    (a width-2 convolution over embeddings). ``weight`` is ``E`` (shared with a tied output layer),
+    ``previous`` is ``P``.
+
+    For whole sequences only: a call that continues a state does not know the token before its first one.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__(num_embeddings, embedding_dim)
+        self.previous = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.normal_(self.previous, std=embedding_dim ** -0.5)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        previous = F.embedding(tokens[:, :-1], self.previous)               # (B, T - 1, d)
+        return super().forward(tokens) + F.pad(previous, (0, 0, 1, 0))      # position 0 has no predecessor
+
+
+def add_token_shift(model: nn.Module) -> nn.Module:
+    """Replace ``model.embed`` (an ``nn.Embedding``) by a :class:`TokenShiftEmbedding` keeping its weights.
+
+    Works for :class:`~retnet_mini.model.RetNetLM` and :class:`~retnet_mini.transformer.TransformerLM`;
+    returns the model (changed in place). A tied output layer stays tied (the same ``weight``).
+    """
+    old = getattr(model, "embed", None)
+    if not isinstance(old, nn.Embedding) or isinstance(old, TokenShiftEmbedding):
+        raise ValueError("add_token_shift needs a model whose .embed is a plain nn.Embedding")
+    new = TokenShiftEmbedding(old.num_embeddings, old.embedding_dim).to(old.weight.device, old.weight.dtype)
+    new.weight = old.weight
+    model.embed = new
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# A small training loop for the probes
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TaskHistory:
+    """``loss[i]``: the masked training loss of update ``i + 1`` (nats)."""
+
+    loss: List[float] = field(default_factory=list)
+
+
+def _logits(output) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def train_on_task(
+    model: nn.Module,
+    make_batch: Callable[[torch.Generator], Batch],
+    steps: int,
+    lr: float = 3e-3,
+    weight_decay: float = 0.1,
+    warmup_steps: int = 20,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    device: Optional[str] = None,
+) -> TaskHistory:
+    """Train ``model`` for ``steps`` AdamW updates on fresh batches ``make_batch(generator)``, masked loss.
+
+    The learning rate warms up linearly over ``warmup_steps`` then follows a cosine to 10% of ``lr``.
+    Batches come from a CPU ``torch.Generator`` seeded with ``seed`` (the same batches on any device) and
+    are moved to ``device`` (default: the model's). A non-finite loss raises ``FloatingPointError``.
+    """
+    _positive_int("steps", steps)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(dev).train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(seed)
+    history = TaskHistory()
+    for step in range(steps):
+        progress = max(0.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        x, y, mask = (t.to(dev) for t in make_batch(generator))
+        loss = masked_cross_entropy(_logits(model(x)), y, mask)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; try a lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        history.loss.append(loss.item())
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_on_task(model: nn.Module, batch: Batch, **forward_kwargs) -> float:
+    """Accuracy of ``model`` on the answers of ``batch`` (inputs, targets, loss_mask): see :func:`masked_accuracy`."""
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x, y, mask = (t.to(dev) for t in batch)
+    accuracy = masked_accuracy(_logits(model(x, **forward_kwargs)), y, mask)
+    model.train(was_training)
+    return accuracy
