@@ -1,0 +1,325 @@
+"""Checkers for the exercises of the chapter "Training a small RetNet (and a Transformer of the same
+size)" (``book/training.ipynb``).
+
+- :func:`check_next_char_loss`: the cross-entropy of next-character prediction, from logits and targets.
+- :func:`check_lr_at`: the learning rate of warm-up followed by cosine decay, at one step.
+- :func:`check_unigram_entropy`: the entropy of the character distribution of a tensor of ids.
+- :func:`check_loss_units`: a loss in nats per character as bits per character and as perplexity.
+
+Each ``check_*`` calls the reader's function on random cases (shapes, sizes and values drawn with a fixed
+seed, float64) and compares it with the package's reference (:func:`torch.nn.functional.cross_entropy`,
+:func:`retnet_mini.training.lr_at`, :func:`retnet_mini.training.unigram_entropy`). It raises
+:class:`ExerciseError` saying what is wrong (type, shape, a value that is not finite, or the first wrong
+value with its case and position, plus a hint when the answer matches a known mistake) or prints
+``"<name>: correct on all N random cases."``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..training import TrainConfig, lr_at, unigram_entropy
+from . import ExerciseError, random_cases
+
+__all__ = ["check_next_char_loss", "check_lr_at", "check_unigram_entropy", "check_loss_units"]
+
+DTYPE = torch.float64
+LN2 = math.log(2.0)
+
+
+def _int(g: torch.Generator, low: int, high: int) -> int:
+    """An int in [low, high] (both included), drawn from ``g``."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def _uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g, dtype=DTYPE))
+
+
+def _pick(g: torch.Generator, options: Sequence[Any]) -> Any:
+    return options[_int(g, 0, len(options) - 1)]
+
+
+def _describe(case: Dict[str, Any]) -> str:
+    parts = []
+    for k, v in case.items():
+        if isinstance(v, Tensor):
+            extra = f", max |value| {v.abs().max().item():.3g}" if v.is_floating_point() and v.numel() else ""
+            parts.append(f"{k}: shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}{extra}")
+        else:
+            parts.append(f"{k}={v!r}")
+    return ", ".join(parts)
+
+
+def _as_tensors(out: Any, n_outputs: int, name: str, case: Dict[str, Any], scalar: bool) -> Tuple[Tensor, ...]:
+    """The answer's output(s) as float64 tensors; a clear error for a wrong type or count."""
+    outs = out if n_outputs > 1 else (out,)
+    if n_outputs > 1 and (not isinstance(out, tuple) or len(out) != n_outputs):
+        raise ExerciseError(
+            f"{name}: expected a tuple of {n_outputs} values, got {type(out).__name__}\n  on {_describe(case)}")
+    result = []
+    for i, o in enumerate(outs):
+        what = "the output" if n_outputs == 1 else f"output[{i}]"
+        if isinstance(o, Tensor):
+            result.append(o.detach().to(DTYPE))
+        elif scalar and isinstance(o, (int, float)) and not isinstance(o, bool):
+            result.append(torch.tensor(float(o), dtype=DTYPE))
+        else:
+            kind = "a number (or a 0-dim tensor)" if scalar else "a torch.Tensor"
+            raise ExerciseError(f"{name}: {what} should be {kind}, got {type(o).__name__} ({o!r:.60})\n"
+                                f"  on {_describe(case)}")
+    return tuple(result)
+
+
+def _call(answer: Callable[..., Any], case: Dict[str, Any], name: str) -> Any:
+    args = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in case.items()}
+    try:
+        return answer(**args)
+    except ExerciseError:
+        raise
+    except Exception as e:  # the reader's code crashed: say on which input
+        raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {_describe(case)}") from e
+
+
+def _agrees(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]],
+            n_outputs: int, scalar: bool, rtol: float, atol: float) -> bool:
+    """Whether the answer gives the same outputs as a known wrong variant on every case."""
+    try:
+        for case in cases:
+            got = _as_tensors(_call(answer, case, "hint"), n_outputs, "hint", case, scalar)
+            want = _as_tensors(variant(**case), n_outputs, "hint", case, scalar)
+            for g, w in zip(got, want):
+                if g.shape != w.shape or not torch.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True).all():
+                    return False
+        return True
+    except Exception:
+        return False
+
+
+def _check(
+    answer: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Sequence[Dict[str, Any]],
+    name: str,
+    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
+    nonfinite_hint: str = "",
+    n_outputs: int = 1,
+    scalar: bool = False,
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+) -> str:
+    """Run ``answer(**case)`` against ``reference(**case)`` on every case; raise on the first difference."""
+    cases = list(cases)
+    for case in cases:
+        got = _as_tensors(_call(answer, case, name), n_outputs, name, case, scalar)
+        want = _as_tensors(reference(**case), n_outputs, name, case, scalar)
+        for i, (g, w) in enumerate(zip(got, want)):
+            what = "the output" if n_outputs == 1 else f"output[{i}]"
+            if g.shape != w.shape:
+                raise ExerciseError(f"{name}: {what} has shape {tuple(g.shape)}, expected {tuple(w.shape)}\n"
+                                    f"  on {_describe(case)}")
+            bad = ~torch.isfinite(g) & torch.isfinite(w)
+            if bad.any():
+                index = tuple(int(j) for j in bad.nonzero()[0]) if g.dim() else ()
+                where = f" at index {index}" if g.dim() else ""
+                message = (f"{name}: {what} is not finite ({g[index].item()}){where}, expected "
+                           f"{w[index].item():.10g}\n  on {_describe(case)}")
+                hint = next((h for v, h in hints if _agrees(answer, v, cases, n_outputs, scalar, rtol, atol)),
+                            nonfinite_hint)
+                raise ExerciseError(message + (f"\n  hint: {hint}" if hint else ""))
+            close = torch.isclose(g, w, rtol=rtol, atol=atol)
+            if not close.all():
+                index = tuple(int(j) for j in (~close).nonzero()[0]) if g.dim() else ()
+                where = f" at index {index}" if g.dim() else ""
+                message = (f"{name}: wrong value in {what}{where}: got {g[index].item():.10g}, expected "
+                           f"{w[index].item():.10g}")
+                if g.dim():
+                    message += f" ({int((~close).sum())} of {close.numel()} entries differ)"
+                message += f"\n  on {_describe(case)}"
+                for variant, hint in hints:
+                    if _agrees(answer, variant, cases, n_outputs, scalar, rtol, atol):
+                        message += f"\n  hint: {hint}"
+                        break
+                raise ExerciseError(message)
+    message = f"{name}: correct on all {len(cases)} random cases."
+    print(message)
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The loss: cross-entropy of the next character.
+# ---------------------------------------------------------------------------------------------
+def reference_next_char_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over all ``B * T`` positions of ``-log softmax(logits[b, t])[targets[b, t]]``, in nats.
+
+    logits: ``(B, T, V)``; targets: ``(B, T)`` int64 ids (the next character at each position).
+    Returns a 0-dim tensor: exactly the loss :func:`retnet_mini.training.train` minimizes.
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _loss_case(g: torch.Generator) -> Dict[str, Any]:
+    B, T, V = _int(g, 1, 3), _int(g, 1, 16), _int(g, 2, 110)
+    scale = _pick(g, [1.0, 1.0, 5.0, 1000.0])   # 1000: exp overflows in float64 unless the max is subtracted
+    return {"logits": scale * torch.randn(B, T, V, generator=g, dtype=DTYPE),
+            "targets": torch.randint(0, V, (B, T), generator=g)}
+
+
+def check_next_char_loss(my_next_char_loss: Callable[[Tensor, Tensor], Tensor], n_cases: int = 25) -> None:
+    """``my_next_char_loss(logits (B, T, V), targets (B, T)) -> 0-dim tensor`` (or a float): the mean
+    cross-entropy of the next character, in nats."""
+    def logp(logits, targets):
+        return torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+
+    hints = [
+        (lambda logits, targets: -logp(logits, targets).sum(),
+         "average over all B * T positions (a sum grows with the batch and the length)."),
+        (lambda logits, targets: -logp(logits, targets).mean() / LN2,
+         "that is bits (log base 2); the training loss is in nats (natural log)."),
+        (lambda logits, targets: logp(logits, targets).mean(),
+         "the loss is the NEGATIVE log-probability of the target: it is >= 0."),
+        (lambda logits, targets: -torch.log_softmax(logits, 1).gather(-1, targets[..., None]).mean(),
+         "normalize over the vocabulary, the last dimension (dim=-1), not over positions."),
+        (lambda logits, targets: -torch.log_softmax(logits[:, :-1], -1).gather(-1, targets[:, 1:, None]).mean(),
+         "targets are already shifted: targets[b, t] is the character after position t, so compare "
+         "logits[b, t] with targets[b, t], with no further shift."),
+    ]
+    cases = list(random_cases(_loss_case, n_cases=n_cases, seed=71))
+    _check(
+        my_next_char_loss, reference_next_char_loss, cases, "check_next_char_loss", hints, scalar=True,
+        nonfinite_hint="exp of large logits overflows: subtract each row's max logit first "
+                       "(log-sum-exp trick), or use torch.logsumexp / torch.log_softmax.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The learning-rate schedule: linear warm-up, then cosine decay.
+# ---------------------------------------------------------------------------------------------
+def reference_lr_at(step: int, steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
+    """The learning rate of update number ``step + 1`` (:func:`retnet_mini.training.lr_at`)."""
+    return lr_at(step, TrainConfig(steps=steps, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps))
+
+
+def _lr_case(g: torch.Generator) -> Dict[str, Any]:
+    steps = _int(g, 3, 3000)
+    warmup_steps = _pick(g, [0, 1, _int(g, 1, steps - 2), _int(g, 1, max(1, steps // 5))])
+    lr = 10 ** _uniform(g, -4.5, -2)
+    min_lr = _pick(g, [0.0, lr / 10, lr * _uniform(g, 0, 1)])
+    kind = _pick(g, ["first", "warmup", "end of warmup", "middle", "last", "any", "any"])
+    step = {
+        "first": 0,
+        "warmup": _int(g, 0, max(0, warmup_steps - 1)),
+        "end of warmup": warmup_steps,
+        "middle": (warmup_steps + steps - 1) // 2,
+        "last": steps - 1,
+        "any": _int(g, 0, steps - 1),
+    }[kind]
+    return {"step": step, "steps": steps, "lr": lr, "min_lr": min_lr, "warmup_steps": warmup_steps}
+
+
+def check_lr_at(my_lr_at: Callable[..., float], n_cases: int = 25) -> None:
+    """``my_lr_at(step, steps, lr, min_lr, warmup_steps) -> float``; ``steps - warmup_steps >= 2``."""
+    def cosine(step, steps, lr, min_lr, warmup_steps, denominator, floor):
+        progress = (step - warmup_steps) / denominator(steps - warmup_steps)
+        return floor(min_lr) + (lr - floor(min_lr)) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def variant(warmup, denominator=lambda n: n - 1, floor=lambda m: m):
+        def f(step, steps, lr, min_lr, warmup_steps):
+            if step < warmup_steps:
+                return warmup(step, lr, warmup_steps)
+            return cosine(step, steps, lr, min_lr, warmup_steps, denominator, floor)
+        return f
+
+    right_warmup = lambda step, lr, w: lr * (step + 1) / w   # noqa: E731
+    hints = [
+        (variant(lambda step, lr, w: lr * step / w),
+         "warm-up: update number step + 1 uses lr * (step + 1) / warmup_steps, so the first update "
+         "(step 0) does not use a learning rate of 0."),
+        (variant(right_warmup, denominator=lambda n: n),
+         "the last update (step = steps - 1) should use exactly min_lr: the cosine's progress is "
+         "(step - warmup_steps) / (steps - warmup_steps - 1)."),
+        (variant(right_warmup, floor=lambda m: 0.0),
+         "the cosine decays to min_lr, not to 0: min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2."),
+        (lambda step, steps, lr, min_lr, warmup_steps: reference_lr_at(step + 1, steps, lr, min_lr, warmup_steps),
+         "step counts the updates already done (0-based): step 0 is the first update."),
+    ]
+    cases = list(random_cases(_lr_case, n_cases=n_cases, seed=72))
+    _check(my_lr_at, reference_lr_at, cases, "check_lr_at", hints, scalar=True, rtol=1e-10, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The unigram baseline: the entropy of the character distribution.
+# ---------------------------------------------------------------------------------------------
+def reference_unigram_entropy(ids: Tensor) -> float:
+    """``-sum_c p_c ln p_c`` over the ids that occur, ``p_c`` = count / N (nats)."""
+    return unigram_entropy(ids)
+
+
+def _entropy_case(g: torch.Generator) -> Dict[str, Any]:
+    V, N = _int(g, 1, 120), _int(g, 1, 3000)
+    weights = torch.randn(V, generator=g, dtype=DTYPE).mul(_uniform(g, 0.0, 3.0)).exp()
+    if V > 3 and _int(g, 0, 1):
+        weights[torch.randperm(V, generator=g)[: V // 3]] = 0.0   # ids that never occur
+    ids = torch.multinomial(weights, N, replacement=True, generator=g)
+    return {"ids": ids}
+
+
+def check_unigram_entropy(my_unigram_entropy: Callable[[Tensor], float], n_cases: int = 25) -> None:
+    """``my_unigram_entropy(ids (N,) int64) -> float``: entropy of the id distribution, nats."""
+    def counts(ids):
+        return torch.unique(ids, return_counts=True)[1].to(DTYPE)
+
+    def entropy(p):
+        return float(-(p * p.log()).sum())
+
+    hints = [
+        (lambda ids: entropy(counts(ids) / len(ids)) / LN2,
+         "that is bits (log base 2); the baseline is compared with losses in nats (natural log)."),
+        (lambda ids: math.log(len(counts(ids))),
+         "that is the entropy of a UNIFORM distribution over the ids that occur: weight each id by "
+         "its frequency, p = count / N."),
+        (lambda ids: float(-(counts(ids) / len(ids)).log().mean()),
+         "average -ln p over the N characters (weights p_c), not over the distinct ids."),
+        (lambda ids: entropy(counts(ids) / len(counts(ids))),
+         "the probabilities are count / N (the number of characters), so that they sum to 1."),
+    ]
+    cases = list(random_cases(_entropy_case, n_cases=n_cases, seed=73))
+    _check(
+        my_unigram_entropy, reference_unigram_entropy, cases, "check_unigram_entropy", hints, scalar=True,
+        nonfinite_hint="ids that never occur have p = 0, and 0 * ln 0 is nan in floating point; by "
+                       "convention it counts as 0: keep only the ids that occur (torch.unique(ids, "
+                       "return_counts=True) gives their counts).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Units: nats per character -> bits per character and perplexity.
+# ---------------------------------------------------------------------------------------------
+def reference_loss_units(loss: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(bits per character, perplexity) = (loss / ln 2, exp(loss))`` elementwise, for a loss in nats."""
+    return loss / LN2, loss.exp()
+
+
+def _units_case(g: torch.Generator) -> Dict[str, Any]:
+    shape = tuple(_int(g, 1, 4) for _ in range(_int(g, 0, 2)))
+    return {"loss": torch.rand(shape, generator=g, dtype=DTYPE) * 6}
+
+
+def check_loss_units(my_loss_units: Callable[[Tensor], Tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
+    """``my_loss_units(loss) -> (bits_per_char, perplexity)``, elementwise, same shape as ``loss``."""
+    hints = [
+        (lambda loss: (loss * LN2, loss.exp()),
+         "bits = nats / ln 2 (a bit is the larger unit: ln 2 ~ 0.693 nats), so divide by ln 2."),
+        (lambda loss: (loss / LN2, 2 ** loss),
+         "the loss is in nats, so perplexity = e ** loss (or 2 ** bits), not 2 ** nats."),
+        (lambda loss: (loss.exp(), loss / LN2),
+         "return (bits_per_char, perplexity) in that order."),
+        (lambda loss: (loss / math.log(10), loss.exp()),
+         "bits use log base 2: bits = nats / ln 2, not nats / ln 10."),
+    ]
+    cases = list(random_cases(_units_case, n_cases=n_cases, seed=74))
+    _check(my_loss_units, reference_loss_units, cases, "check_loss_units", hints, n_outputs=2)
