@@ -21,7 +21,7 @@ from .retention import (
     recurrent_retention,
     update_state,
 )
-from .rotation import rope_theta, rotate, torchscale_theta
+from .rotation import apply_rotation, rope_theta, rotation_tables, torchscale_theta
 
 MODES = ("parallel", "recurrent", "chunkwise")
 DECAYS = ("paper", "experiment", "torchscale", "none", "single", "gated")   # see decay_schedule
@@ -145,15 +145,17 @@ class MultiScaleRetention(nn.Module):
 
     def forward(
         self, x: Tensor, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
-        chunk_size: int = 64, inplace: bool = False,
+        chunk_size: int = 64, inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state.
 
-        ``inplace`` (recurrent mode only): update ``state`` in place, for decoding loops that own it."""
+        ``inplace`` (recurrent mode only): update ``state`` in place, for decoding loops that own it.
+        ``rotation``: the ``(cos, sin)`` tables of these positions, if the caller already has them."""
         B, T, _ = x.shape
         heads = lambda t, d: t.view(B, T, self.n_heads, d).transpose(1, 2)   # (B, H, T, d)
-        q = rotate(heads(self.q_proj(x), self.key_dim), self.theta, offset)
-        k = rotate(heads(self.k_proj(x), self.key_dim), self.theta, offset) * self.key_dim ** -0.5
+        cos, sin = rotation or rotation_tables(self.theta, offset, T, x.dtype, x.device)
+        q = apply_rotation(heads(self.q_proj(x), self.key_dim), cos, sin)
+        k = apply_rotation(heads(self.k_proj(x), self.key_dim), cos, sin) * self.key_dim ** -0.5
         v = heads(self.v_proj(x), self.value_dim)
         if self.decay_proj is not None:   # gated: (B, H, T), from these tokens only, so states continue
             log_decay = gated_log_decay(self.decay_proj(x)).transpose(1, 2).to(q.dtype)
@@ -267,7 +269,7 @@ class RetNetBlock(nn.Module):
         self.ffn = FeedForward(config)
 
     def forward(self, x: Tensor, mode: str, state: Optional[Tensor], offset: int, chunk_size: int,
-                inplace: bool = False):
-        h, state = self.retention(self.retention_norm(x), mode, state, offset, chunk_size, inplace)
+                inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None):
+        h, state = self.retention(self.retention_norm(x), mode, state, offset, chunk_size, inplace, rotation)
         x = x + h
         return x + self.ffn(self.ffn_norm(x)), state

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import DECAYS, MODES, RetNetBlock, make_norm
+from .rotation import rotation_tables
 
 
 @dataclass
@@ -140,9 +141,11 @@ class RetNetLM(nn.Module):
         layer states of ``state`` in place: for decoding loops that own their state."""
         offset = 0 if state is None else state.offset
         x = self.embed(tokens)
+        # every layer rotates by the same theta: compute the cos/sin tables once
+        rotation = rotation_tables(self.blocks[0].retention.theta, offset, tokens.shape[1], x.dtype, x.device)
         new_states = []
         for i, block in enumerate(self.blocks):
-            x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size, inplace)
+            x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size, inplace, rotation)
             new_states.append(s)
         logits = self.lm_head(self.final_norm(x))
         return logits, RetNetState(new_states, offset + tokens.shape[1])

@@ -8,10 +8,13 @@ interleaved-pairs layout of the official code (RoPE with adjacent pairs).
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import Tensor
 
-__all__ = ["rope_theta", "torchscale_theta", "rotate_every_two", "rotate", "rotate_complex"]
+__all__ = ["rope_theta", "torchscale_theta", "rotate_every_two", "rotation_tables", "apply_rotation", "rotate",
+           "rotate_complex"]
 
 
 def rope_theta(head_dim: int, base: float = 10000.0) -> Tensor:
@@ -42,6 +45,25 @@ def rotate_every_two(x: Tensor) -> Tensor:
     return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
 
 
+def rotation_tables(theta: Tensor, offset: int, length: int, dtype: torch.dtype,
+                    device: torch.device) -> Tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` of the phases ``n * theta`` for ``n = offset .. offset + length - 1``.
+
+    Each ``(length, d)``, laid out ``[t0, t0, t1, t1, ...]`` to match the pairs, in ``dtype``. The phase is
+    formed in float64: in float32 the sine of a phase near 65535 is off by ~3e-3. A model computes the
+    tables once per call and shares them between its layers (they all use the same theta).
+    """
+    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float64)
+    phase = positions[:, None] * theta.to(device=device, dtype=torch.float64)[None, :]   # (T, d/2)
+    phase = phase.repeat_interleave(2, dim=-1)                                           # [t0, t0, t1, t1, ...]
+    return phase.cos().to(dtype), phase.sin().to(dtype)
+
+
+def apply_rotation(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x * cos + rotate_every_two(x) * sin``: each pair of ``x: (..., T, d)`` rotated by its phase."""
+    return x * cos + rotate_every_two(x) * sin
+
+
 def rotate(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:
     """Rotate position ``n = offset + t`` of ``x`` by the angles ``n * theta``.
 
@@ -50,16 +72,11 @@ def rotate(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:
         theta: ``(d/2,)`` frequencies.
         offset: absolute position of ``x[..., 0, :]`` (a decoding step continues where the state ends).
     Returns:
-        ``(..., T, d)`` in ``x``'s dtype. The phase ``n * theta`` is formed in float64: in float32 the sine
-        of a phase near 65535 is off by ~3e-3.
+        ``(..., T, d)`` in ``x``'s dtype (phases formed in float64, see :func:`rotation_tables`).
     """
     if x.shape[-1] != 2 * theta.shape[-1]:
         raise ValueError(f"x's last dim must be 2 * len(theta) = {2 * theta.shape[-1]}, got shape {tuple(x.shape)}")
-    positions = torch.arange(offset, offset + x.shape[-2], device=x.device, dtype=torch.float64)
-    phase = positions[:, None] * theta.to(device=x.device, dtype=torch.float64)[None, :]   # (T, d/2)
-    phase = phase.repeat_interleave(2, dim=-1)                                             # [t0, t0, t1, t1, ...]
-    cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
-    return x * cos + rotate_every_two(x) * sin
+    return apply_rotation(x, *rotation_tables(theta, offset, x.shape[-2], x.dtype, x.device))
 
 
 def rotate_complex(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:
