@@ -195,8 +195,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _autocast(device: torch.device, amp: bool):
-    # bfloat16 needs no loss scaling; on CPU we stay in float32 so runs are exactly reproducible.
-    if amp and device.type == "cuda":
+    # bfloat16 needs no loss scaling; on CPU we stay in float32 so runs are exactly reproducible. GPUs
+    # without native bfloat16 (e.g. Colab's T4) would only emulate it, slowly: they stay in float32 too.
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
