@@ -291,7 +291,8 @@ def bench_flops(device: torch.device, quick: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------
 # layer: a multi-scale retention layer (chunkwise) against a same-size SDPA attention layer.
 # ---------------------------------------------------------------------------------------------
-def _layers(device: torch.device):
+def bench_layers(device: torch.device):
+    """The multi-scale retention layer and the same-size SDPA attention layer of the layer benchmark."""
     torch.manual_seed(0)
     msr = MultiScaleRetention(RetNetConfig.paper(**BENCH_CONFIG)).to(device).eval()
     attn = CausalSelfAttention(TransformerConfig(vocab_size=256, d_model=512, n_heads=2)).to(device).eval()
@@ -301,7 +302,7 @@ def _layers(device: torch.device):
 @torch.no_grad()
 def bench_layer(device: torch.device, quick: bool = False) -> dict:
     T = 2048 if quick else 8192
-    msr, attn = _layers(device)
+    msr, attn = bench_layers(device)
     x = torch.randn(1, T, 512, device=device)
     chunk = 256
     fns = {"msr chunkwise": lambda: msr(x, "chunkwise", None, 0, chunk),
@@ -313,7 +314,7 @@ def bench_layer(device: torch.device, quick: bool = False) -> dict:
     results["targets"].append(_target("msr time / attention time", med["msr chunkwise"] / med["attention (sdpa)"],
                                       0.5, "lower"))
     if not quick:
-        peaks = {T_: peak_call_bytes(f"msr, _ = _layers(device); x = torch.randn(1, {T_}, 512, device=device)",
+        peaks = {T_: peak_call_bytes(f"msr, _ = bench_layers(device); x = torch.randn(1, {T_}, 512, device=device)",
                                      "with torch.no_grad(): msr(x, 'chunkwise', None, 0, 256)", device)
                  for T_ in (8192, 16384)}
         results["peak_bytes"] = peaks
