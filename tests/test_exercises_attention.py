@@ -6,11 +6,9 @@ import io
 import math
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
-from retnet_mini.exercises import ExerciseError
 from retnet_mini.exercises.attention import (
     check_causal_mask,
     check_kv_decode_step,
@@ -18,13 +16,14 @@ from retnet_mini.exercises.attention import (
     check_linear_attention_step,
 )
 
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "attention_to_recurrence.ipynb"
 EXERCISES = ["my_causal_mask", "my_kv_decode_step", "my_linear_attention_step", "my_linear_attention_cumsum"]
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_a_solution_per_exercise():
@@ -42,12 +41,6 @@ def test_notebook_solution_passes_its_checker(index):
         exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), namespace)
     assert "correct on all 25 random cases" in out.getvalue()
     assert callable(namespace[EXERCISES[index]])
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 # -- exercise 1: the causal mask ------------------------------------------------------------------

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from retnet_mini import RetNetConfig, RetNetLM
-from retnet_mini.exercises import ExerciseError
 from retnet_mini.exercises.block import (block_linear_weights, check_gated_output, check_head_rmsnorm,
                                          check_param_count)
+
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "block.ipynb"
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_three_solutions():
@@ -32,12 +32,6 @@ def test_notebook_solution_passes_its_checker(index):
     with contextlib.redirect_stdout(out):
         exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
     assert "correct on all 25 random cases" in out.getvalue()
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 def test_gated_output_wrong_answers():

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from retnet_mini import decay_matrix
-from retnet_mini.exercises import ExerciseError
 from retnet_mini.exercises.decay import check_half_life_schedule, check_memory, check_normalized_decay
+
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "decay.ipynb"
 CHECKERS = ["check_memory", "check_half_life_schedule", "check_normalized_decay"]
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_three_hidden_solutions():
@@ -43,12 +43,6 @@ def test_stubs_leave_the_checker_commented_out():
     for name in CHECKERS:
         stub = [s for s in code if f"# {name}(my_" in s]
         assert len(stub) == 1 and "# your code here" in stub[0], name
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ exercise 1

@@ -5,22 +5,21 @@ import contextlib
 import io
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
 from retnet_mini import decay_matrix
-from retnet_mini.exercises import ExerciseError
 from retnet_mini.exercises.derivation import check_decay_matrix, check_retention, check_rotate, check_ssm_kernel
 from retnet_mini.rotation import rotate
+
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "recurrence_to_retention.ipynb"
 EXERCISES = ["my_ssm_kernel", "my_rotate", "my_decay_matrix", "my_retention"]
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_a_solution_per_exercise():
@@ -38,12 +37,6 @@ def test_notebook_solution_passes_its_checker(index):
         exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), namespace)
     assert "correct on all" in out.getvalue() and "random cases" in out.getvalue()
     assert callable(namespace[EXERCISES[index]])
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 # -- exercise 1: the convolution kernel -----------------------------------------------------------

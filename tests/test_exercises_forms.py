@@ -4,21 +4,20 @@ import contextlib
 import io
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
 from retnet_mini import chunkwise_retention, decay_matrix, parallel_retention
-from retnet_mini.exercises import ExerciseError
-from retnet_mini.exercises.forms import (check_chunkwise, check_padded_decay, check_recurrent_step,
+from retnet_mini.exercises.forms import (check_chunkwise, check_padded_decay, check_recurrent_step, 
                                          padded_decay_reference)
+
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "three_forms.ipynb"
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_three_solutions():
@@ -31,12 +30,6 @@ def test_notebook_solution_passes_its_checker(index):
     with contextlib.redirect_stdout(out):
         exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
     assert "correct on all 25 random cases" in out.getvalue()
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------

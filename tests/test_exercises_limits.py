@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from retnet_mini import RetNetConfig, RetNetLM, TransformerConfig, TransformerLM
-from retnet_mini.exercises import ExerciseError
 from retnet_mini.exercises.limits import (check_gate_log_decay, check_masked_accuracy, check_mqar_example,
                                           check_state_numbers, state_numbers_reference)
+
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "limits.ipynb"
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_four_solutions():
@@ -42,12 +42,6 @@ def test_stubs_are_stubs():
     for source in stubs:
         assert "\n# check_" in source
         exec(compile(source, "stub", "exec"), {})
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 def _mqar_answer(mask_shift=0, next_token=True, mask_dtype=torch.bool):

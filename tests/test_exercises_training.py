@@ -10,7 +10,6 @@ import nbformat
 import pytest
 import torch
 
-from retnet_mini.exercises import ExerciseError
 from retnet_mini.exercises.training import (
     check_loss_units,
     check_lr_at,
@@ -18,13 +17,14 @@ from retnet_mini.exercises.training import (
     check_unigram_entropy,
 )
 
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "training.ipynb"
 EXERCISES = ["my_next_char_loss", "my_lr_at", "my_unigram_entropy", "my_loss_units"]
 
 
 def solution_cells():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+    return notebook_solution_cells(NOTEBOOK)
 
 
 def test_notebook_has_a_solution_per_exercise():
@@ -50,12 +50,6 @@ def test_notebook_solution_passes_its_checker(index):
         exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), namespace)
     assert "correct on all 25 random cases" in out.getvalue()
     assert callable(namespace[EXERCISES[index]])
-
-
-def _rejected(check, answer):
-    with pytest.raises(ExerciseError) as info, contextlib.redirect_stdout(io.StringIO()):
-        check(answer)
-    return str(info.value)
 
 
 # -- exercise 1: the cross-entropy of the next character -----------------------------------------
