@@ -96,16 +96,21 @@ def _kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> K
     return cache
 
 
-def decode_floor_seconds(model: RetNetLM, device: torch.device, repeats: int) -> float:
-    """Time to multiply one batch-1 vector through every weight matrix of the model once: no decoder that
-    reads all its weights per token can be faster."""
+def decode_floor(model: RetNetLM, device: torch.device) -> Callable[[], None]:
+    """A function that multiplies one batch-1 vector through every weight matrix of the model once: no
+    decoder that reads all its weights per token can be faster."""
     mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     xs = [torch.randn(1, w.shape[1], device=device, dtype=w.dtype) for w in mats]
 
     def floor():
         for x, w in zip(xs, mats):
             F.linear(x, w)
-    return interleaved_medians({"floor": floor}, repeats, device)["floor"]
+    return floor
+
+
+def decode_floor_seconds(model: RetNetLM, device: torch.device, repeats: int) -> float:
+    """Median seconds of :func:`decode_floor`, timed on its own."""
+    return interleaved_medians({"floor": decode_floor(model, device)}, repeats, device)["floor"]
 
 
 @torch.no_grad()
@@ -142,13 +147,22 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
             results["rows"].append(row)
             rows.append([batch, ctx, r_ms, t_ms, row["speedup"], row["retnet_tok_s"], row["transformer_tok_s"],
                          f"{row['retnet_state_bytes'] / 2**20:.1f}", f"{row['transformer_cache_bytes'] / 2**20:.1f}"])
-    floor_ms = decode_floor_seconds(retnet, device, repeats=21) * 1e3
+    # The floor and the step at the shortest context, interleaved: both then read the weights under the
+    # same cache conditions (in the table above the step alternates with the Transformer's).
+    lo = contexts[0]
+    state, token = _retnet_state_at(retnet, 1, lo), torch.zeros(1, 1, dtype=torch.long, device=device)
+
+    def retnet_step():
+        retnet._forward(token, "recurrent", state, 1, inplace=True)
+    med = interleaved_medians({"step": retnet_step, "floor": decode_floor(retnet, device)}, 31, device)
+    floor_ms, step_ms = med["floor"] * 1e3, med["step"] * 1e3
     print(_table("", ["batch", "context", "retnet ms/tok", "transf ms/tok", "speedup", "retnet tok/s",
                       "transf tok/s", "state MiB", "cache MiB"], rows))
-    results["floor_ms"] = floor_ms
+    results["floor_ms"], results["floor_step_ms"] = floor_ms, step_ms
     by = {(r["batch"], r["context"]): r for r in results["rows"]}
-    lo, hi = contexts[0], contexts[-1]
-    print(f"  weight floor (one batch-1 vector through every weight matrix): {floor_ms:.3f} ms")
+    hi = contexts[-1]
+    print(f"  weight floor (one batch-1 vector through every weight matrix): {floor_ms:.3f} ms; "
+          f"interleaved with it, a RetNet step at context {lo}: {step_ms:.3f} ms")
     t = results["targets"]
     t.append(_target(f"retnet latency ctx {hi} / ctx {lo} (batch 1)",
                      by[(1, hi)]["retnet_ms"] / by[(1, lo)]["retnet_ms"], 1.15, "lower"))
@@ -156,8 +170,7 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
         t.append(_target("speedup vs KV cache, batch 1, ctx 8192", by[(1, 8192)]["speedup"], 2.0, "higher"))
         t.append(_target("speedup vs KV cache, batch 1, ctx 16384", by[(1, 16384)]["speedup"], 3.0, "higher"))
         t.append(_target("tokens/s ratio, batch 8, ctx 8192", by[(8, 8192)]["speedup"], 5.0, "higher"))
-    t.append(_target("retnet step / weight floor (batch 1, shortest ctx)", by[(1, lo)]["retnet_ms"] / floor_ms,
-                     1.5, "lower"))
+    t.append(_target(f"retnet step / weight floor (batch 1, ctx {lo})", step_ms / floor_ms, 1.5, "lower"))
     return results
 
 
@@ -305,12 +318,28 @@ def bench_layer(device: torch.device, quick: bool = False) -> dict:
     msr, attn = bench_layers(device)
     x = torch.randn(1, T, 512, device=device)
     chunk = 256
+    # Two parts of the retention layer timed alone as well: its five projections, and the chunkwise
+    # function on inputs of the layer's shapes. Their sum is what the layer costs with zero overhead.
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k = (torch.randn(1, msr.n_heads, T, msr.key_dim, generator=g, device=device) for _ in range(2))
+    v = torch.randn(1, msr.n_heads, T, msr.value_dim, generator=g, device=device)
+    gated = torch.randn(1, T, msr.n_heads * msr.value_dim, generator=g, device=device)
+
+    def projections():
+        for proj in (msr.q_proj, msr.k_proj, msr.v_proj, msr.g_proj):
+            proj(x)
+        msr.out_proj(gated)
     fns = {"msr chunkwise": lambda: msr(x, "chunkwise", None, 0, chunk),
-           "attention (sdpa)": lambda: attn(x, attn_theta(attn, device), None, None, 0)}
+           "attention (sdpa)": lambda: attn(x, attn_theta(attn, device), None, None, 0),
+           "msr projections alone": projections,
+           "chunkwise_retention alone": lambda: chunkwise_retention(q, k, v, msr.log_decay, chunk)}
     med = interleaved_medians(fns, 3 if quick else 5, device)
     print(f"layer on {device}: d_model 512, 2 heads, T={T}, chunk {chunk}")
     print(_table("", ["layer", "ms"], [[n, s * 1e3] for n, s in med.items()]))
     results = {"T": T, "ms": {n: s * 1e3 for n, s in med.items()}, "targets": []}
+    products = med["msr projections alone"] + med["chunkwise_retention alone"]
+    print(f"  projections + chunkwise alone: {products * 1e3:.1f} ms = {products / med['attention (sdpa)']:.3f} of the "
+          f"attention layer (the layer's other work: {(med['msr chunkwise'] - products) * 1e3:.1f} ms)")
     results["targets"].append(_target("msr time / attention time", med["msr chunkwise"] / med["attention (sdpa)"],
                                       0.5, "lower"))
     if not quick:

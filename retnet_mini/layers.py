@@ -40,8 +40,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = y.to(x.dtype)
+        y = F.rms_norm(y, y.shape[-1:], eps=self.eps).to(x.dtype)     # one fused kernel
         return y * self.weight if self.weight is not None else y
 
 
@@ -59,7 +58,8 @@ class HeadNorm(nn.Module):
 
     ``kind``: ``"groupnorm"`` (per-head mean and variance, affine over all channels, as
     ``nn.GroupNorm(H, H * d_v)``), ``"rmsnorm"`` (per-head RMS, no weight: the official code), or
-    ``"none"`` (ablation). Input and output ``(B, T, H, d_v)``.
+    ``"none"`` (ablation). Input and output ``(..., H, d_v)``, e.g. ``(B, T, H, d_v)``: each head's ``d_v``
+    values are one group, so this is a layer norm over the last dim with an affine per head.
     """
 
     def __init__(self, kind: str, n_heads: int, head_dim: int, eps: float):
@@ -74,11 +74,10 @@ class HeadNorm(nn.Module):
     def forward(self, y: Tensor) -> Tensor:
         if self.kind == "none":
             return y
-        if self.kind == "rmsnorm":
-            return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        mean = y.mean(-1, keepdim=True)
-        var = (y - mean).pow(2).mean(-1, keepdim=True)
-        return (y - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        if self.kind == "rmsnorm":      # y / sqrt(mean(y^2) + eps) per head
+            return F.rms_norm(y, y.shape[-1:], eps=self.eps)
+        # (y - mean) / sqrt(var + eps) per head (biased variance, as GroupNorm), then weight and bias
+        return torch.addcmul(self.bias, F.layer_norm(y, y.shape[-1:], eps=self.eps), self.weight)
 
 
 def rescale_factors(log_decay: Tensor, offset: int, length: int) -> Tensor:
@@ -168,10 +167,10 @@ class MultiScaleRetention(nn.Module):
             o, row_sum = o[..., :-1], o[..., -1:]
             factor = rescale_factors(log_decay, offset, T)                       # (H, T, 1)
             o = o * factor / (row_sum * factor).abs().clamp(min=1.0)
-        y = self.head_norm(o.transpose(1, 2)).reshape(B, T, -1)                 # (B, T, H * d_v)
-        if self.use_gate:
-            y = F.silu(self.g_proj(x)) * y
-        return self.out_proj(y), state
+        y = self.head_norm(o.transpose(1, 2))                                   # (B, T, H, d_v)
+        if self.use_gate:   # the product comes out in the gate's (B, T, H * d_v) layout: no extra copy
+            y = F.silu(self.g_proj(x)).view_as(y) * y
+        return self.out_proj(y.reshape(B, T, -1)), state
 
 
 def retention(

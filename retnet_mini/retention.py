@@ -24,7 +24,8 @@ The masked upper triangle gets exponent ``-inf`` *before* ``exp``, so no ``inf *
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-_checked_gpu_decays: set = set()
+# Fixed decays (shape (H,)) whose values were checked, by id: (weak reference, version checked at).
+_checked_decays: Dict[int, Tuple["weakref.ref", int]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,17 +191,19 @@ def recurrent_retention(
     # Batch and heads are folded into one dim so each step is two small 3-D batched products (4-D
     # broadcasting matmuls are much slower for one query row on CPU).
     S = _initial_state(state, B, H, d_k, d_v, q).view(B * H, d_k, d_v)
-    gammas = torch.exp(_positionwise(log_decay, T)).expand(B, H, T).reshape(B * H, T, 1, 1)
-    q3, k3, v3 = q.reshape(B * H, T, d_k), k.reshape(B * H, T, d_k), v.reshape(B * H, T, d_v)
+    # Per position: gamma (B*H, 1, 1), the key as a column (B*H, d_k, 1), value and query as rows (B*H, 1, d)
+    gammas = torch.exp(_positionwise(log_decay, T)).expand(B, H, T).reshape(B * H, T, 1, 1).unbind(1)
+    keys, values = k.reshape(B * H, T, d_k, 1).unbind(1), v.reshape(B * H, T, 1, d_v).unbind(1)
+    queries = q.reshape(B * H, T, 1, d_k).unbind(1)
     outputs = []
-    for n in range(T):
+    for gamma, k_n, v_n, q_n in zip(gammas, keys, values, queries):
         # S_n = gamma S_{n-1} + k_n^T v_n (an outer product), then o_n = q_n S_n
         if inplace:
-            S.mul_(gammas[:, n]).baddbmm_(k3[:, n, :, None], v3[:, n, None, :])
+            S.mul_(gamma).baddbmm_(k_n, v_n)
         else:
-            S = torch.addcmul(S * gammas[:, n], k3[:, n, :, None], v3[:, n, None, :])
-        outputs.append(torch.bmm(q3[:, n, None, :], S))                # (B*H, 1, d_v)
-    o = torch.cat(outputs, dim=1) if outputs else v3.new_zeros(B * H, 0, d_v)
+            S = torch.addcmul(S * gamma, k_n, v_n)
+        outputs.append(torch.bmm(q_n, S))                              # (B*H, 1, d_v)
+    o = outputs[0] if T == 1 else torch.cat(outputs, dim=1) if outputs else v.new_zeros(B * H, 0, d_v)
     return (
         _from_compute_dtype(o.view(B, H, T, d_v), out_dtype, "recurrent_retention"),
         _from_compute_dtype(S.view(B, H, d_k, d_v), out_dtype, "recurrent_retention"),
@@ -219,8 +223,8 @@ def chunkwise_retention(
     For chunk ``i`` of length ``L`` (position ``j = 0..L-1`` inside it) and the state ``R`` it inherits:
 
     - inner: ``(q_[i] k_[i]^T * D) v_[i]``
-    - cross: ``(q_[i] R) * xi``, ``xi_j = gamma^(j+1)``
-    - state: ``R <- gamma^L R + k_[i]^T (v_[i] * zeta)``, ``zeta_j = gamma^(L-1-j)``
+    - cross: ``(q_[i] * xi) R``, ``xi_j = gamma^(j+1)`` (row ``j`` of ``q_[i] R`` scaled by ``xi_j``)
+    - state: ``R <- gamma^L R + (k_[i] * zeta)^T v_[i]``, ``zeta_j = gamma^(L-1-j)``
 
     A short last chunk (``L < chunk_size``) uses its own ``L``; ``chunk_size > T`` gives one chunk, which
     is the parallel form plus the incoming state. Cost: O(T C (d_k + d_v) + T d_k d_v), linear in T.
@@ -251,9 +255,9 @@ def chunkwise_retention(
         tail = slice(n_full * C, T)
         qt, kt, vt = q[:, :, tail], k[:, :, tail], v[:, :, tail]
         D, xi, zeta, total = _decay_factors(a[:, :, tail], fixed)
-        outputs.append(((qt @ kt.transpose(-1, -2)) * D) @ vt + (qt @ R) * xi)
-        R = total * R + kt.transpose(-1, -2) @ (vt * zeta)
-    o = torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
+        outputs.append(((qt @ kt.transpose(-1, -2)) * D) @ vt + (qt * xi) @ R)
+        R = total * R + (kt * zeta).transpose(-1, -2) @ vt
+    o = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
     return (
         _from_compute_dtype(o, out_dtype, "chunkwise_retention"),
         _from_compute_dtype(R, out_dtype, "chunkwise_retention"),
@@ -261,24 +265,44 @@ def chunkwise_retention(
 
 
 def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, fixed: bool) -> Tuple[Tensor, Tensor]:
-    """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts and each chunk's contribution to the
-    state are batched matrix products over all chunks; only the cheap state recurrence
+    """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts, each chunk's contribution to the state
+    and the cross parts are batched matrix products over all chunks; only the cheap state recurrence
     ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
     Shapes: q, k ``(B, H, N*C, d_k)``, v ``(B, H, N*C, d_v)``, a ``(1 or B, H, N*C)``, R ``(B, H, d_k, d_v)``.
     """
-    N = q.shape[2] // C
-    qc, kc, vc = (x.unflatten(2, (N, C)) for x in (q, k, v))          # (B, H, N, C, d)
+    B, H, _, d_k = q.shape
+    N, d_v = q.shape[2] // C, v.shape[-1]
+    qc, kc, vc = (x.unflatten(2, (N, C)).contiguous() for x in (q, k, v))   # (B, H, N, C, d)
     a = a.unflatten(2, (N, C))
     D, xi, zeta, total = _decay_factors(a[:, :, :1] if fixed else a, fixed)   # fixed: one chunk's worth
-    inner = ((qc @ kc.transpose(-1, -2)) * D) @ vc
-    contributions = kc.transpose(-1, -2) @ (vc * zeta)                     # (B, H, N, d_k, d_v)
-    chunk_decay = total.expand(*total.shape[:2], N, 1, 1)
-    incoming = []
-    for U, decay in zip(contributions.unbind(2), chunk_decay.unbind(2)):
-        incoming.append(R)
-        R = torch.addcmul(U, decay, R)                                     # gamma^C R + U
-    cross = (qc @ torch.stack(incoming, dim=2)) * xi
-    return (inner + cross).flatten(2, 3), R
+    # zeta and xi scale rows (positions), so they go on the narrower k and q rather than on v and the output
+    contributions = (kc * zeta).transpose(-1, -2) @ vc                        # U_i: (B, H, N, d_k, d_v)
+    incoming, R = _incoming_states(contributions, total.expand(*total.shape[:2], N, 1, 1), R)
+    out = ((qc @ kc.transpose(-1, -2)) * D) @ vc                              # inner: (B, H, N, C, d_v)
+    # cross: out += (q * xi) @ incoming, added inside the matrix product (no separate pass over out)
+    out.view(-1, C, d_v).baddbmm_((qc * xi).view(-1, C, d_k), incoming.view(-1, d_k, d_v))
+    return out.flatten(2, 3), R
+
+
+def _incoming_states(U: Tensor, decay: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
+    """The state each chunk starts from, ``R_0 = R`` and ``R_i = decay_{i-1} R_{i-1} + U_{i-1}``, and the
+    state after the last chunk. ``U: (B, H, N, d_k, d_v)``, ``decay: (1 or B, H, N, 1, 1)``.
+
+    Without autograd the states are written straight into one preallocated tensor; with it they are
+    stacked (autograd cannot record writes into a shared buffer that later steps read).
+    """
+    N = U.shape[2]
+    if torch.is_grad_enabled() and (U.requires_grad or R.requires_grad or decay.requires_grad):
+        states = [R]
+        for i in range(N - 1):
+            states.append(torch.addcmul(U[:, :, i], decay[:, :, i], states[-1]))
+        incoming = torch.stack(states, dim=2)
+    else:
+        incoming = torch.empty_like(U)
+        incoming[:, :, 0] = R
+        for i in range(1, N):
+            torch.addcmul(U[:, :, i - 1], decay[:, :, i - 1], incoming[:, :, i - 1], out=incoming[:, :, i])
+    return incoming, torch.addcmul(U[:, :, -1], decay[:, :, -1], incoming[:, :, -1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,10 +384,11 @@ def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length
         raise ValueError(f"log_decay must have shape {want}, got {_describe(log_decay)}")
     if not log_decay.is_floating_point():
         raise TypeError(f"log_decay must be a floating-point tensor, got {_describe(log_decay)}")
-    # Reading values back from a GPU stalls it; a model passes the same buffer at every decoding
-    # step, so a GPU tensor of fixed decays is checked once per (storage, version) and then trusted.
-    key = (log_decay.data_ptr(), log_decay._version, log_decay.device)
-    if log_decay.device.type != "cpu" and key in _checked_gpu_decays:
+    # A model passes the same decay buffer at every step: checking its values again each time costs a few
+    # kernels per layer and token on a CPU, and a stall on a GPU (the result is read back). A fixed decay
+    # checked once is trusted until it is modified in place (its version changes) or freed (the weak
+    # reference dies, so a new tensor that reuses its id is checked afresh).
+    if log_decay.ndim == 1 and _is_checked(log_decay):
         return
     if not torch.isfinite(log_decay).all():
         raise ValueError("log_decay must be finite: ln(gamma) with 0 < gamma <= 1")
@@ -371,8 +396,15 @@ def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length
         raise ValueError(
             f"log_decay must be <= 0 (gamma <= 1; gamma = 1 is no decay), got max {log_decay.max().item():.6g}"
         )
-    if log_decay.device.type != "cpu" and log_decay.ndim == 1:
-        _checked_gpu_decays.add(key)
+    if log_decay.ndim == 1:
+        key = id(log_decay)
+        _checked_decays[key] = (weakref.ref(log_decay, lambda _, key=key: _checked_decays.pop(key, None)),
+                                log_decay._version)
+
+
+def _is_checked(log_decay: Tensor) -> bool:
+    entry = _checked_decays.get(id(log_decay))
+    return entry is not None and entry[0]() is log_decay and entry[1] == log_decay._version
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor]) -> None:

@@ -13,8 +13,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["rope_theta", "torchscale_theta", "rotate_every_two", "rotation_tables", "apply_rotation", "rotate",
-           "rotate_complex"]
+__all__ = ["rope_theta", "torchscale_theta", "rotate_every_two", "swap_pairs", "rotation_tables", "apply_rotation",
+           "rotate", "rotate_complex"]
 
 
 def rope_theta(head_dim: int, base: float = 10000.0) -> Tensor:
@@ -45,23 +45,35 @@ def rotate_every_two(x: Tensor) -> Tensor:
     return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
 
 
+def swap_pairs(x: Tensor) -> Tensor:
+    """``(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)``: :func:`rotate_every_two` without the signs."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
 def rotation_tables(theta: Tensor, offset: int, length: int, dtype: torch.dtype,
                     device: torch.device) -> Tuple[Tensor, Tensor]:
-    """``cos`` and ``sin`` of the phases ``n * theta`` for ``n = offset .. offset + length - 1``.
+    """The tables :func:`apply_rotation` multiplies by, for positions ``n = offset .. offset + length - 1``.
 
-    Each ``(length, d)``, laid out ``[t0, t0, t1, t1, ...]`` to match the pairs, in ``dtype``. The phase is
-    formed in float64: in float32 the sine of a phase near 65535 is off by ~3e-3. A model computes the
-    tables once per call and shares them between its layers (they all use the same theta).
+    With phases ``t_i = n * theta_i``: ``cos = [cos t0, cos t0, cos t1, cos t1, ...]`` and the *signed* sine
+    ``sin = [-sin t0, sin t0, -sin t1, sin t1, ...]``, each ``(length, d)`` in ``dtype``, so that
+    ``rotate_every_two(x) * [sin t0, sin t0, ...] = swap_pairs(x) * sin``. The phase is formed in float64:
+    in float32 the sine of a phase near 65535 is off by ~3e-3. A model computes the tables once per call
+    and shares them between its layers (they all use the same theta).
     """
     positions = torch.arange(offset, offset + length, device=device, dtype=torch.float64)
     phase = positions[:, None] * theta.to(device=device, dtype=torch.float64)[None, :]   # (T, d/2)
-    phase = phase.repeat_interleave(2, dim=-1)                                           # [t0, t0, t1, t1, ...]
-    return phase.cos().to(dtype), phase.sin().to(dtype)
+    cos, sin = phase.cos(), phase.sin()
+    return (torch.stack((cos, cos), dim=-1).flatten(-2).to(dtype),
+            torch.stack((-sin, sin), dim=-1).flatten(-2).to(dtype))
 
 
 def apply_rotation(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``x * cos + rotate_every_two(x) * sin``: each pair of ``x: (..., T, d)`` rotated by its phase."""
-    return x * cos + rotate_every_two(x) * sin
+    """Each pair of ``x: (..., T, d)`` rotated by its phase: ``x * cos(t) + rotate_every_two(x) * sin(t)``.
+
+    ``cos`` and ``sin`` are :func:`rotation_tables` (``sin`` signed), so this is ``x * cos + swap_pairs(x) *
+    sin``: three kernels (the negations are in the table, computed once per model call, not per tensor).
+    """
+    return torch.addcmul(x * cos, swap_pairs(x), sin)
 
 
 def rotate(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:

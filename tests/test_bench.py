@@ -41,3 +41,13 @@ def test_cli_lists_every_benchmark(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in BENCHMARKS)
+
+
+def test_layer_benchmark_reports_its_parts(tmp_path, capsys):
+    out = tmp_path / "layer.json"
+    results = main(["layer", "--quick", "--json", str(out)])["layer"]
+    ms = results["ms"]
+    assert set(ms) == {"msr chunkwise", "attention (sdpa)", "msr projections alone", "chunkwise_retention alone"}
+    assert all(t > 0 for t in ms.values())
+    assert [t["name"] for t in results["targets"]] == ["msr time / attention time"]
+    assert "projections + chunkwise alone" in capsys.readouterr().out and out.exists()

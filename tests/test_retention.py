@@ -261,6 +261,9 @@ def test_empty_sequence():
     o, s = chunkwise_retention(q, q, v, torch.zeros(2), 4)
     assert o.shape == (1, 2, 0, 5) and s.shape == (1, 2, 3, 5) and not s.any()
     assert parallel_retention(q, q, v, torch.zeros(2)).shape == (1, 2, 0, 5)
+    state = torch.randn(1, 2, 3, 5)
+    o, s = recurrent_retention(q, q, v, torch.zeros(2), state)     # an empty step leaves the state as it was
+    assert o.shape == (1, 2, 0, 5) and torch.equal(s, state)
 
 
 def test_mixed_devices_rejected():
