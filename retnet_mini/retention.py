@@ -275,24 +275,30 @@ def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, 
     qc, kc, vc = (x.unflatten(2, (N, C)).contiguous() for x in (q, k, v))   # (B, H, N, C, d)
     a = a.unflatten(2, (N, C))
     D, xi, zeta, total = _decay_factors(a[:, :, :1] if fixed else a, fixed)   # fixed: one chunk's worth
+    # Without autograd, temporaries are updated in place or reused: on a CPU every fresh buffer of this
+    # size costs page faults, a large share of the time. With autograd each step keeps its own tensors.
+    recording = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, a, R))
     # zeta and xi scale rows (positions), so they go on the narrower k and q rather than on v and the output
-    contributions = (kc * zeta).transpose(-1, -2) @ vc                        # U_i: (B, H, N, d_k, d_v)
-    incoming, R = _incoming_states(contributions, total.expand(*total.shape[:2], N, 1, 1), R)
-    out = ((qc @ kc.transpose(-1, -2)) * D) @ vc                              # inner: (B, H, N, C, d_v)
+    scaled_keys = kc * zeta
+    contributions = scaled_keys.transpose(-1, -2) @ vc                        # U_i: (B, H, N, d_k, d_v)
+    incoming, R = _incoming_states(contributions, total.expand(*total.shape[:2], N, 1, 1), R, recording)
+    scores = qc @ kc.transpose(-1, -2)                                        # (B, H, N, C, C)
+    out = (scores * D if recording else scores.mul_(D)) @ vc                  # inner: (B, H, N, C, d_v)
+    scaled_queries = qc * xi if recording else torch.mul(qc, xi, out=scaled_keys)
     # cross: out += (q * xi) @ incoming, added inside the matrix product (no separate pass over out)
-    out.view(-1, C, d_v).baddbmm_((qc * xi).view(-1, C, d_k), incoming.view(-1, d_k, d_v))
+    out.view(-1, C, d_v).baddbmm_(scaled_queries.view(-1, C, d_k), incoming.view(-1, d_k, d_v))
     return out.flatten(2, 3), R
 
 
-def _incoming_states(U: Tensor, decay: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
+def _incoming_states(U: Tensor, decay: Tensor, R: Tensor, recording: bool) -> Tuple[Tensor, Tensor]:
     """The state each chunk starts from, ``R_0 = R`` and ``R_i = decay_{i-1} R_{i-1} + U_{i-1}``, and the
     state after the last chunk. ``U: (B, H, N, d_k, d_v)``, ``decay: (1 or B, H, N, 1, 1)``.
 
-    Without autograd the states are written straight into one preallocated tensor; with it they are
-    stacked (autograd cannot record writes into a shared buffer that later steps read).
+    Without autograd the states are written straight into one preallocated tensor; with it
+    (``recording``) they are stacked: autograd cannot record writes into a buffer that later steps read.
     """
     N = U.shape[2]
-    if torch.is_grad_enabled() and (U.requires_grad or R.requires_grad or decay.requires_grad):
+    if recording:
         states = [R]
         for i in range(N - 1):
             states.append(torch.addcmul(U[:, :, i], decay[:, :, i], states[-1]))

@@ -248,6 +248,24 @@ def test_bad_inputs_are_named(bad, error, message):
             call(args)
 
 
+def test_a_checked_decay_is_checked_again_after_it_changes():
+    # A fixed decay passes its value checks once and is then trusted, but only until it is modified in
+    # place; a new tensor is always checked, even if it reuses the id of a freed one.
+    q = torch.zeros(1, 2, 3, 4)
+    log_decay = torch.tensor([-0.1, -0.2])
+    for _ in range(2):
+        recurrent_retention(q, q, q, log_decay)
+    log_decay[1] = 0.5
+    with pytest.raises(ValueError, match="log_decay must be <= 0"):
+        recurrent_retention(q, q, q, log_decay)
+    log_decay[1] = float("nan")
+    with pytest.raises(ValueError, match="must be finite"):
+        chunkwise_retention(q, q, q, log_decay, 2)
+    for _ in range(20):   # freed tensors' ids get reused: every new bad tensor must still be refused
+        with pytest.raises(ValueError, match="log_decay must be <= 0"):
+            parallel_retention(q, q, q, torch.tensor([0.5, -0.1]))
+        parallel_retention(q, q, q, torch.tensor([-0.5, -0.1]))
+
 @pytest.mark.parametrize("chunk", [0, -3, 2.5, None])
 def test_bad_chunk_size(chunk):
     q = torch.zeros(1, 1, 4, 2)
