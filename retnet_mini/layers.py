@@ -120,6 +120,7 @@ class MultiScaleRetention(nn.Module):
         self.decay_proj = nn.Linear(c.d_model, c.n_heads) if gated else None
         fixed_decay = None if gated else decay_schedule(c.decay, c.n_heads)          # (H,) ln(gamma)
         self.register_buffer("log_decay", fixed_decay, persistent=False)
+        self._converted_decay = None      # see fixed_log_decay
         theta = torchscale_theta(self.key_dim) if c.theta == "torchscale" else rope_theta(self.key_dim)
         self.register_buffer("theta", theta, persistent=False)
         self.reset_parameters()
@@ -137,6 +138,20 @@ class MultiScaleRetention(nn.Module):
             nn.init.xavier_uniform_(self.decay_proj.weight, gain=2 ** -2.5)
             with torch.no_grad():
                 self.decay_proj.bias.copy_(gate_logit_for(paper_log_decay(self.n_heads)))
+
+    def fixed_log_decay(self, dtype: torch.dtype) -> Tensor:
+        """The fixed ``ln(gamma)`` buffer ``(H,)`` in ``dtype``.
+
+        The buffer keeps the schedule's float64 values until the model itself is converted; a conversion
+        is made once and reused while the buffer is unchanged (a decoding step would otherwise convert,
+        and the retention functions check again, at every layer and token)."""
+        buffer = self.log_decay
+        if buffer.dtype == dtype:
+            return buffer
+        cached = self._converted_decay    # (the buffer, its version, the conversion)
+        if cached is None or cached[0] is not buffer or cached[1] != buffer._version or cached[2].dtype != dtype:
+            cached = self._converted_decay = (buffer, buffer._version, buffer.to(dtype))
+        return cached[2]
 
     def state_shape(self, batch: int) -> Tuple[int, int, int, int]:
         """Shape of this layer's state: ``(B, H, d_k, d_v [+1 with rescaling])``."""
@@ -159,7 +174,7 @@ class MultiScaleRetention(nn.Module):
         if self.decay_proj is not None:   # gated: (B, H, T), from these tokens only, so states continue
             log_decay = gated_log_decay(self.decay_proj(x)).transpose(1, 2).to(q.dtype)
         else:
-            log_decay = self.log_decay.to(q.dtype)
+            log_decay = self.fixed_log_decay(q.dtype)
         if self.rescale:  # a column of ones makes retention also return rescaling 3's row sums
             v = torch.cat([v, v.new_ones(B, self.n_heads, T, 1)], dim=-1)
         o, state = retention(q, k, v, log_decay, mode, state, chunk_size, inplace)

@@ -355,6 +355,8 @@ def _to_compute_dtype(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor):
     and can overflow float16); everything else stays in its own dtype (float64 included)."""
     out_dtype = q.dtype
     compute = torch.float32 if out_dtype in _HALF_DTYPES else out_dtype
+    if compute == out_dtype and log_decay.dtype == compute:    # the usual case: nothing to convert
+        return q, k, v, log_decay, out_dtype
     return q.to(compute), k.to(compute), v.to(compute), log_decay.to(compute), out_dtype
 
 

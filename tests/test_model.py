@@ -183,3 +183,20 @@ def test_bad_configs(kwargs, message):
     base.update(kwargs)
     with pytest.raises(ValueError, match=message):
         RetNetLM(RetNetConfig.paper(**base))
+
+
+def test_the_fixed_decay_conversion_follows_the_buffer():
+    import copy
+    import pickle
+    msr = RetNetLM(RetNetConfig.paper(vocab_size=16, d_model=8, n_heads=2, n_layers=1)).blocks[0].retention
+    assert msr.log_decay.dtype == torch.float64                       # exact until the model is converted
+    first = msr.fixed_log_decay(torch.float32)
+    assert first.dtype == torch.float32 and msr.fixed_log_decay(torch.float32) is first    # converted once
+    assert torch.equal(first, msr.log_decay.float())
+    with torch.no_grad():
+        msr.log_decay.mul_(2.0)                                       # an in-place change is seen
+    assert torch.equal(msr.fixed_log_decay(torch.float32), msr.log_decay.float())
+    assert msr.fixed_log_decay(torch.float64) is msr.log_decay
+    twin = copy.deepcopy(msr)
+    assert torch.equal(twin.fixed_log_decay(torch.float32), msr.log_decay.float())
+    pickle.loads(pickle.dumps(msr))                                   # the cache does not block pickling
