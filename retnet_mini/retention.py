@@ -23,6 +23,7 @@ The masked upper triangle gets exponent ``-inf`` *before* ``exp``, so no ``inf *
 """
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from typing import Dict, Optional, Tuple
@@ -192,7 +193,10 @@ def recurrent_retention(
     # broadcasting matmuls are much slower for one query row on CPU).
     S = _initial_state(state, B, H, d_k, d_v, q).view(B * H, d_k, d_v)
     # Per position: gamma (B*H, 1, 1), the key as a column (B*H, d_k, 1), value and query as rows (B*H, 1, d)
-    gammas = torch.exp(_positionwise(log_decay, T)).expand(B, H, T).reshape(B * H, T, 1, 1).unbind(1)
+    if log_decay.ndim == 1:   # one gamma per head, the same at every position
+        gammas = itertools.repeat(torch.exp(log_decay).repeat(B).view(B * H, 1, 1), T)
+    else:
+        gammas = torch.exp(log_decay).reshape(B * H, T, 1, 1).unbind(1)
     keys, values = k.reshape(B * H, T, d_k, 1).unbind(1), v.reshape(B * H, T, 1, d_v).unbind(1)
     queries = q.reshape(B * H, T, 1, d_k).unbind(1)
     outputs = []
