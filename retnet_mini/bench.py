@@ -99,7 +99,7 @@ def _kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> K
 def decode_floor(model: RetNetLM, device: torch.device) -> Callable[[], None]:
     """A function that multiplies one batch-1 vector through every weight matrix of the model once: no
     decoder that reads all its weights per token can be faster."""
-    mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    mats = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]   # never recorded
     xs = [torch.randn(1, w.shape[1], device=device, dtype=w.dtype) for w in mats]
 
     def floor():
@@ -113,7 +113,7 @@ def decode_floor_seconds(model: RetNetLM, device: torch.device, repeats: int) ->
     return interleaved_medians({"floor": decode_floor(model, device)}, repeats, device)["floor"]
 
 
-@torch.no_grad()
+@torch.inference_mode()   # as generate() decodes; the floor below is timed in the same mode
 def bench_decode(device: torch.device, quick: bool = False) -> dict:
     retnet, transformer = bench_models(device)
     contexts = [128, 1024, 4096] if quick else [128, 512, 2048, 8192, 16384]

@@ -148,9 +148,12 @@ class MultiScaleRetention(nn.Module):
         buffer = self.log_decay
         if buffer.dtype == dtype:
             return buffer
+        if buffer.is_inference():         # made under torch.inference_mode(): no version to watch
+            return buffer.to(dtype)
         cached = self._converted_decay    # (the buffer, its version, the conversion)
         if cached is None or cached[0] is not buffer or cached[1] != buffer._version or cached[2].dtype != dtype:
-            cached = self._converted_decay = (buffer, buffer._version, buffer.to(dtype))
+            with torch.inference_mode(False):     # an ordinary tensor, usable later with autograd too
+                cached = self._converted_decay = (buffer, buffer._version, buffer.to(dtype))
         return cached[2]
 
     def state_shape(self, batch: int) -> Tuple[int, int, int, int]:

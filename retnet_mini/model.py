@@ -179,7 +179,6 @@ class RetNetLM(nn.Module):
         shape = self.blocks[0].retention.state_shape(batch_size)
         return RetNetState([p.new_zeros(shape) for _ in self.blocks], 0)
 
-    @torch.no_grad()
     def generate(
         self, prompt_tokens: Tensor, max_new_tokens: int, temperature: float = 1.0,
         top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
@@ -202,7 +201,8 @@ class RetNetLM(nn.Module):
         if prefill not in ("chunkwise", "parallel"):
             raise ValueError(f"prefill must be 'chunkwise' or 'parallel', got {prefill!r}")
         self._check_forward_args(prompt_tokens, prefill, None, None)
-        logits, state = self._forward(prompt_tokens, prefill, None, self.config.chunk_size)
+        with torch.inference_mode():
+            logits, state = self._forward(prompt_tokens, prefill, None, self.config.chunk_size)
         return decode_loop(
             lambda tok, st: self._forward(tok, "recurrent", st, 1, inplace=True), prompt_tokens, logits[:, -1], state,
             max_new_tokens, temperature, top_k, generator,
@@ -251,16 +251,21 @@ def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], genera
 def decode_loop(step, prompt_tokens, last_logits, state, max_new_tokens, temperature, top_k, generator) -> Tensor:
     """Append ``max_new_tokens`` tokens; ``step(tokens (B, 1), state) -> (logits, state)``.
 
-    The loop never reads a value back to the host, so on a GPU the steps queue up without stalls.
+    The loop never reads a value back to the host, so on a GPU the steps queue up without stalls. It runs
+    under ``torch.inference_mode()``, which saves the autograd bookkeeping ``no_grad`` still does on every
+    small operation of a step; the tokens come back as an ordinary tensor (one made in inference mode
+    could not be edited in place afterwards).
     """
-    out = [prompt_tokens]
-    for i in range(max_new_tokens):
-        next_tokens = sample_next(last_logits, temperature, top_k, generator)[:, None]
-        out.append(next_tokens)
-        if i + 1 < max_new_tokens:
-            logits, state = step(next_tokens, state)
-            last_logits = logits[:, -1]
-    return torch.cat(out, dim=1)
+    with torch.inference_mode():
+        out = [prompt_tokens]
+        for i in range(max_new_tokens):
+            next_tokens = sample_next(last_logits, temperature, top_k, generator)[:, None]
+            out.append(next_tokens)
+            if i + 1 < max_new_tokens:
+                logits, state = step(next_tokens, state)
+                last_logits = logits[:, -1]
+        tokens = torch.cat(out, dim=1)
+    return tokens.clone()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -399,8 +399,10 @@ def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length
     # A model passes the same decay buffer at every step: checking its values again each time costs a few
     # kernels per layer and token on a CPU, and a stall on a GPU (the result is read back). A fixed decay
     # checked once is trusted until it is modified in place (its version changes) or freed (the weak
-    # reference dies, so a new tensor that reuses its id is checked afresh).
-    if log_decay.ndim == 1 and _is_checked(log_decay):
+    # reference dies, so a new tensor that reuses its id is checked afresh). Tensors made under
+    # torch.inference_mode() have no version to watch: they are checked every time.
+    trackable = log_decay.ndim == 1 and not log_decay.is_inference()
+    if trackable and _is_checked(log_decay):
         return
     if not torch.isfinite(log_decay).all():
         raise ValueError("log_decay must be finite: ln(gamma) with 0 < gamma <= 1")
@@ -408,7 +410,7 @@ def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length
         raise ValueError(
             f"log_decay must be <= 0 (gamma <= 1; gamma = 1 is no decay), got max {log_decay.max().item():.6g}"
         )
-    if log_decay.ndim == 1:
+    if trackable:
         key = id(log_decay)
         _checked_decays[key] = (weakref.ref(log_decay, lambda _, key=key: _checked_decays.pop(key, None)),
                                 log_decay._version)

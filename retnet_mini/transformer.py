@@ -209,8 +209,8 @@ class TransformerLM(nn.Module):
 
     ``model(tokens, state=None)`` returns ``(logits, state)`` with ``state`` a :class:`KVCache`; passing it
     back continues the sequence (prefill in any number of pieces, then decode one token at a time).
-    There is no ``mode``: the Transformer has one form. Decode under ``torch.no_grad()`` (``generate``
-    does): with autograd on, cached calls append out of place (correct gradients, O(T) copies per call).
+    There is no ``mode``: the Transformer has one form. Decode without autograd (``generate`` uses
+    ``torch.inference_mode()``): with autograd on, cached calls append out of place (correct gradients, O(T) copies per call).
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -356,7 +356,6 @@ class TransformerLM(nn.Module):
             )
 
     # ------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(
         self, prompt_tokens: Tensor, max_new_tokens: int, temperature: float = 1.0,
         top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
@@ -375,7 +374,8 @@ class TransformerLM(nn.Module):
             raise ValueError(
                 f"prompt length {T} + max_new_tokens {max_new_tokens} - 1 exceeds max_len {self.config.max_len}"
             )
-        logits, cache = self._forward(prompt_tokens, self.init_cache(B, length))
+        with torch.inference_mode():
+            logits, cache = self._forward(prompt_tokens, self.init_cache(B, length))
         return decode_loop(self._forward, prompt_tokens, logits[:, -1], cache, max_new_tokens, temperature,
                            top_k, generator)
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retnet_mini import RetNetConfig, RetNetLM, RetNetState
+from retnet_mini import RetNetConfig, RetNetLM, RetNetState, TransformerLM
 from retnet_mini.layers import rescale_factors
 
 MODES = ("parallel", "recurrent", "chunkwise")
@@ -200,3 +200,22 @@ def test_the_fixed_decay_conversion_follows_the_buffer():
     twin = copy.deepcopy(msr)
     assert torch.equal(twin.fixed_log_decay(torch.float32), msr.log_decay.float())
     pickle.loads(pickle.dumps(msr))                                   # the cache does not block pickling
+
+
+def test_generate_runs_in_inference_mode_and_returns_an_ordinary_tensor():
+    torch.manual_seed(0)
+    model = RetNetLM(RetNetConfig.paper(vocab_size=16, d_model=8, n_heads=2, n_layers=2))   # float64 decay buffer
+    prompt = torch.randint(0, 16, (2, 5))
+    out = model.generate(prompt, 4, temperature=0)
+    assert not out.is_inference()
+    out[:, 0] = 0                                                   # the caller may edit it
+    # the decay conversion cached during generation also serves training afterwards
+    logits, _ = model(prompt, mode="chunkwise", chunk_size=2)
+    logits.sum().backward()
+    assert model.blocks[0].retention.q_proj.weight.grad is not None
+    with torch.inference_mode():                                     # a model built in inference mode works too
+        built_inside = RetNetLM(RetNetConfig.paper(vocab_size=16, d_model=8, n_heads=2, n_layers=2))
+        for mode in ("parallel", "recurrent", "chunkwise"):
+            built_inside(prompt, mode=mode)
+            built_inside(prompt, mode=mode)
+    assert not TransformerLM.matching(model.config).generate(prompt, 3).is_inference()
