@@ -123,30 +123,37 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
           f"TransformerLM {transformer.num_parameters():,} params (KV cache); {steps} tokens per timing")
     rows = []
     for batch in (1, 8):
+        # Every context of both models is timed in one round-robin, so a slow spell of the machine hits all
+        # of them alike: the ratios between contexts (flatness) hold as well as those between the models.
+        token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        states = {ctx: _retnet_state_at(retnet, batch, ctx) for ctx in contexts}
+        caches = {ctx: _kv_cache_at(transformer, batch, ctx, steps) for ctx in contexts}
+
+        def retnet_steps(ctx):           # as generate() decodes: the state updated in place
+            s = states[ctx]
+            for _ in range(steps):
+                _, s = retnet._forward(token, "recurrent", s, 1, inplace=True)
+
+        def transformer_steps(ctx):
+            caches[ctx].offset = ctx         # rewind: every timing decodes at the same context
+            c = caches[ctx]
+            for _ in range(steps):
+                _, c = transformer._forward(token, c)
+        fns = {}
         for ctx in contexts:
-            token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-            r_state = _retnet_state_at(retnet, batch, ctx)
-            t_cache = _kv_cache_at(transformer, batch, ctx, steps)
-
-            def retnet_steps():           # as generate() decodes: the state updated in place
-                s = r_state
-                for _ in range(steps):
-                    _, s = retnet._forward(token, "recurrent", s, 1, inplace=True)
-
-            def transformer_steps():
-                t_cache.offset = ctx          # rewind: every timing decodes at the same context
-                c = t_cache
-                for _ in range(steps):
-                    _, c = transformer._forward(token, c)
-            med = interleaved_medians({"retnet": retnet_steps, "transformer": transformer_steps}, repeats, device)
-            r_ms, t_ms = med["retnet"] / steps * 1e3, med["transformer"] / steps * 1e3
-            t_cache.offset = ctx
+            fns[f"retnet {ctx}"] = lambda ctx=ctx: retnet_steps(ctx)
+            fns[f"transformer {ctx}"] = lambda ctx=ctx: transformer_steps(ctx)
+        med = interleaved_medians(fns, repeats, device)
+        for ctx in contexts:
+            r_ms, t_ms = med[f"retnet {ctx}"] / steps * 1e3, med[f"transformer {ctx}"] / steps * 1e3
+            caches[ctx].offset = ctx
             row = dict(batch=batch, context=ctx, retnet_ms=r_ms, transformer_ms=t_ms, speedup=t_ms / r_ms,
                        retnet_tok_s=batch * 1e3 / r_ms, transformer_tok_s=batch * 1e3 / t_ms,
-                       retnet_state_bytes=r_state.nbytes(), transformer_cache_bytes=t_cache.nbytes())
+                       retnet_state_bytes=states[ctx].nbytes(), transformer_cache_bytes=caches[ctx].nbytes())
             results["rows"].append(row)
             rows.append([batch, ctx, r_ms, t_ms, row["speedup"], row["retnet_tok_s"], row["transformer_tok_s"],
                          f"{row['retnet_state_bytes'] / 2**20:.1f}", f"{row['transformer_cache_bytes'] / 2**20:.1f}"])
+        del states, caches
     # The floor and the step at the shortest context, interleaved: both then read the weights under the
     # same cache conditions (in the table above the step alternates with the Transformer's).
     lo = contexts[0]
