@@ -153,7 +153,8 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
             results["rows"].append(row)
             rows.append([batch, ctx, r_ms, t_ms, row["speedup"], row["retnet_tok_s"], row["transformer_tok_s"],
                          f"{row['retnet_state_bytes'] / 2**20:.1f}", f"{row['transformer_cache_bytes'] / 2**20:.1f}"])
-        del states, caches
+        states.clear()                     # free this batch's states and caches before the next
+        caches.clear()
     # The floor and the step at the shortest context, interleaved: both then read the weights under the
     # same cache conditions (in the table above the step alternates with the Transformer's).
     lo = contexts[0]

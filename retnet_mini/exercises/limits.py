@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
