@@ -194,7 +194,7 @@ def recurrent_retention(
     S = _initial_state(state, B, H, d_k, d_v, q).view(B * H, d_k, d_v)
     # Per position: gamma (B*H, 1, 1), the key as a column (B*H, d_k, 1), value and query as rows (B*H, 1, d)
     if log_decay.ndim == 1:   # one gamma per head, the same at every position
-        gammas = itertools.repeat(torch.exp(log_decay).repeat(B).view(B * H, 1, 1), T)
+        gammas = itertools.repeat(torch.exp(log_decay).expand(B, H).reshape(B * H, 1, 1), T)
     else:
         gammas = torch.exp(log_decay).reshape(B * H, T, 1, 1).unbind(1)
     keys, values = k.reshape(B * H, T, d_k, 1).unbind(1), v.reshape(B * H, T, 1, d_v).unbind(1)
