@@ -108,11 +108,6 @@ def decode_floor(model: RetNetLM, device: torch.device) -> Callable[[], None]:
     return floor
 
 
-def decode_floor_seconds(model: RetNetLM, device: torch.device, repeats: int) -> float:
-    """Median seconds of :func:`decode_floor`, timed on its own."""
-    return interleaved_medians({"floor": decode_floor(model, device)}, repeats, device)["floor"]
-
-
 @torch.inference_mode()   # as generate() decodes; the floor below is timed in the same mode
 def bench_decode(device: torch.device, quick: bool = False) -> dict:
     retnet, transformer = bench_models(device)

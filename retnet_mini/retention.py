@@ -274,8 +274,7 @@ def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, 
     ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
     Shapes: q, k ``(B, H, N*C, d_k)``, v ``(B, H, N*C, d_v)``, a ``(1 or B, H, N*C)``, R ``(B, H, d_k, d_v)``.
     """
-    B, H, _, d_k = q.shape
-    N, d_v = q.shape[2] // C, v.shape[-1]
+    N, d_k, d_v = q.shape[2] // C, q.shape[-1], v.shape[-1]
     qc, kc, vc = (x.unflatten(2, (N, C)).contiguous() for x in (q, k, v))   # (B, H, N, C, d)
     a = a.unflatten(2, (N, C))
     D, xi, zeta, total = _decay_factors(a[:, :, :1] if fixed else a, fixed)   # fixed: one chunk's worth

@@ -2,7 +2,7 @@
 import contextlib
 import io
 from pathlib import Path
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import nbformat
 import pytest
@@ -16,6 +16,14 @@ def notebook_solution_cells(notebook: Path) -> List[str]:
     """The source of every code cell tagged ``solution`` in ``notebook``, in order."""
     nb = nbformat.read(notebook, as_version=4)
     return [c.source for c in nb.cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+
+
+def run_solution(notebook: Path, index: int) -> Tuple[str, Dict[str, Any]]:
+    """Run solution cell ``index`` of ``notebook`` in a fresh namespace: what it printed, and the namespace."""
+    out, namespace = io.StringIO(), {}
+    with contextlib.redirect_stdout(out):
+        exec(compile(notebook_solution_cells(notebook)[index], f"{notebook.name}[solution {index}]", "exec"), namespace)
+    return out.getvalue(), namespace
 
 
 def rejected(check: Callable, answer: Callable) -> str:

@@ -1,8 +1,6 @@
 """The exercises of book/attention_to_recurrence.ipynb: the notebook's solutions pass their checkers,
 and wrong answers are rejected with a message that says what is wrong."""
 
-import contextlib
-import io
 import math
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from retnet_mini.exercises.attention import (
     check_linear_attention_step,
 )
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "attention_to_recurrence.ipynb"
 EXERCISES = ["my_causal_mask", "my_kv_decode_step", "my_linear_attention_step", "my_linear_attention_cumsum"]
@@ -35,11 +33,8 @@ def test_notebook_has_a_solution_per_exercise():
 
 @pytest.mark.parametrize("index", range(len(EXERCISES)))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    namespace = {}
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), namespace)
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, namespace = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
     assert callable(namespace[EXERCISES[index]])
 
 

@@ -1,7 +1,5 @@
 """The exercises of book/block.ipynb: the notebook's solutions pass their checkers, wrong answers do not."""
 
-import contextlib
-import io
 from pathlib import Path
 
 import nbformat
@@ -13,7 +11,7 @@ from retnet_mini import RetNetConfig, RetNetLM
 from retnet_mini.exercises.block import (block_linear_weights, check_gated_output, check_head_rmsnorm,
                                          check_param_count)
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "block.ipynb"
 
@@ -28,10 +26,8 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, _ = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
 
 
 def test_gated_output_wrong_answers():

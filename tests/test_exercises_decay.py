@@ -12,7 +12,7 @@ import torch
 from retnet_mini import decay_matrix
 from retnet_mini.exercises.decay import check_half_life_schedule, check_memory, check_normalized_decay
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "decay.ipynb"
 CHECKERS = ["check_memory", "check_half_life_schedule", "check_normalized_decay"]
@@ -31,10 +31,8 @@ def test_notebook_has_three_hidden_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
-    assert f"{CHECKERS[index]}: correct on all 25 random cases." in out.getvalue()
+    out, _ = run_solution(NOTEBOOK, index)
+    assert f"{CHECKERS[index]}: correct on all 25 random cases." in out
 
 
 def test_stubs_leave_the_checker_commented_out():

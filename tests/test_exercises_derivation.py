@@ -1,8 +1,6 @@
 """The exercises of book/recurrence_to_retention.ipynb: the notebook's solutions pass their checkers,
 and wrong answers are rejected with a message that says what is wrong."""
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from retnet_mini import decay_matrix
 from retnet_mini.exercises.derivation import check_decay_matrix, check_retention, check_rotate, check_ssm_kernel
 from retnet_mini.rotation import rotate
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "recurrence_to_retention.ipynb"
 EXERCISES = ["my_ssm_kernel", "my_rotate", "my_decay_matrix", "my_retention"]
@@ -31,11 +29,8 @@ def test_notebook_has_a_solution_per_exercise():
 
 @pytest.mark.parametrize("index", range(len(EXERCISES)))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    namespace = {}
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), namespace)
-    assert "correct on all" in out.getvalue() and "random cases" in out.getvalue()
+    out, namespace = run_solution(NOTEBOOK, index)
+    assert "correct on all" in out and "random cases" in out
     assert callable(namespace[EXERCISES[index]])
 
 

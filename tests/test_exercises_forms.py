@@ -1,7 +1,5 @@
 """The exercises of book/three_forms.ipynb: the notebook's solutions pass their checkers, wrong answers do not."""
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ from retnet_mini import chunkwise_retention, decay_matrix, parallel_retention
 from retnet_mini.exercises.forms import (check_chunkwise, check_padded_decay, check_recurrent_step, 
                                          padded_decay_reference)
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "three_forms.ipynb"
 
@@ -26,10 +24,8 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, _ = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 
 from retnet_mini.exercises.inference import check_decode_throughput, check_flop_crossover, check_greedy_decode
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "inference.ipynb"
 
@@ -25,10 +25,8 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, _ = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
 """The exercises of book/intro.ipynb: the notebook's solutions pass their checkers, wrong answers do not."""
 
-import contextlib
-import io
 import math
 from pathlib import Path
 
@@ -9,7 +7,7 @@ import pytest
 
 from retnet_mini.exercises.intro import check_kv_cache_bytes, check_max_batch, check_state_bytes
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "intro.ipynb"
 
@@ -24,10 +22,8 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, _ = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
 
 
 def test_kv_cache_wrong_answers():

@@ -13,7 +13,7 @@ from retnet_mini import RetNetConfig, RetNetLM, TransformerConfig, TransformerLM
 from retnet_mini.exercises.limits import (check_gate_log_decay, check_masked_accuracy, check_mqar_example,
                                           check_state_numbers, state_numbers_reference)
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "limits.ipynb"
 
@@ -28,10 +28,8 @@ def test_notebook_has_four_solutions():
 
 @pytest.mark.parametrize("index", range(4))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), {})
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, _ = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
 
 
 def test_stubs_are_stubs():

@@ -17,7 +17,7 @@ from retnet_mini.exercises.training import (
     check_unigram_entropy,
 )
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected
+from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "training.ipynb"
 EXERCISES = ["my_next_char_loss", "my_lr_at", "my_unigram_entropy", "my_loss_units"]
@@ -44,11 +44,8 @@ def test_notebook_stubs_leave_the_checker_commented_out():
 
 @pytest.mark.parametrize("index", range(len(EXERCISES)))
 def test_notebook_solution_passes_its_checker(index):
-    out = io.StringIO()
-    namespace = {}
-    with contextlib.redirect_stdout(out):
-        exec(compile(solution_cells()[index], f"{NOTEBOOK.name}[solution {index}]", "exec"), namespace)
-    assert "correct on all 25 random cases" in out.getvalue()
+    out, namespace = run_solution(NOTEBOOK, index)
+    assert "correct on all 25 random cases" in out
     assert callable(namespace[EXERCISES[index]])
 
 
