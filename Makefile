@@ -1,6 +1,7 @@
 # RetNet, derived: build the book and run its tests. `make help` lists the targets.
 #   make book   create .venv if needed, install what the book needs, build the site into _build/html
-#   make test   unit tests, nbval on every notebook, site build, real-browser test (in that order)
+#   make test   unit tests, nbval on every notebook, nbval again on the notebooks with run results in two
+#               other numeric environments, site build, real-browser test (in that order)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -18,17 +19,26 @@ NBVAL_CELL_TIMEOUT ?= 600
 # What `make nbval` and `make regen` run, e.g. NOTEBOOKS=book/intro.ipynb.
 NOTEBOOKS ?= book/
 PORT ?= 8000
+# The notebooks with results of a run (cells tagged run-result): `make portable` re-checks them elsewhere.
+RUN_RESULT_NOTEBOOKS ?= $(shell grep -l '"run-result"' book/*.ipynb)
+# A stand-in for "another CPU": scalar ATen kernels instead of AVX2/AVX-512, MKL's compatible code path.
+PERTURBED_ENV := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE
+ONE_THREAD_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 JB_FLAGS := -W -n --keep-going
+# Strict nbval (every stored output compared; see tests/nbval_sanitize.cfg for the one thing masked).
+NBVAL = $(PY) -m pytest --nbval --nbval-current-env --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
+	--nbval-sanitize-with tests/nbval_sanitize.cfg -q -p no:cacheprovider
 REPORTS := _build/reports
 TIMED := bash scripts/timed
 
-.PHONY: help book test unit nbval site site-fresh browser browser-setup regen serve screenshot clean env
+.PHONY: help book test unit nbval portable site site-fresh browser browser-setup regen serve screenshot clean env
 
 help:
 	@echo "make book        create .venv if needed, install the toolchain, build the site (_build/html)"
 	@echo "make test        unit -> nbval -> site -> browser, each timed (see _build/reports/stages.txt)"
 	@echo "make unit        package tests and notebook guards (pytest tests/)"
 	@echo "make nbval       re-run every notebook and compare with its stored outputs (strict nbval)"
+	@echo "make portable    nbval on the notebooks with run results, as on another CPU and with 1 thread"
 	@echo "make site        build the site from the stored outputs (warnings are errors)"
 	@echo "make site-fresh  build the site re-executing every notebook (a failing cell fails the build)"
 	@echo "make browser     headless Chromium over every page of the built site, offline"
@@ -55,6 +65,7 @@ test: env
 	@rm -f $(REPORTS)/stages.txt
 	@$(TIMED) unit $(MAKE) --no-print-directory unit
 	@$(TIMED) nbval $(MAKE) --no-print-directory nbval
+	@$(TIMED) portable $(MAKE) --no-print-directory portable
 	@$(TIMED) site $(MAKE) --no-print-directory site
 	@$(TIMED) browser $(MAKE) --no-print-directory browser
 	@echo "stage seconds:"; cat $(REPORTS)/stages.txt
@@ -66,8 +77,15 @@ unit: env
 
 nbval: env
 	@mkdir -p $(REPORTS)
-	$(PY) -m pytest $(NOTEBOOKS) --nbval --nbval-current-env --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg -q -p no:cacheprovider --junitxml=$(REPORTS)/nbval.xml
+	$(NBVAL) $(NOTEBOOKS) --junitxml=$(REPORTS)/nbval.xml
+
+# The notebooks whose outputs include results of a run, re-run where rounding differs: with scalar
+# kernels (a stand-in for another kind of CPU) and with one thread. Their exact facts must still match
+# digit by digit and their claims must still hold (see retnet_mini/claims.py).
+portable: env
+	@mkdir -p $(REPORTS)
+	$(PERTURBED_ENV) $(NBVAL) $(RUN_RESULT_NOTEBOOKS) --junitxml=$(REPORTS)/portable-perturbed.xml
+	$(ONE_THREAD_ENV) $(NBVAL) $(RUN_RESULT_NOTEBOOKS) --junitxml=$(REPORTS)/portable-one-thread.xml
 
 site: env
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute

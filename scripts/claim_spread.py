@@ -94,7 +94,8 @@ def table(runs: List[dict], label: str) -> str:
         margins = [m for m in ((min(values) - lo) if lo is not None else None,
                                (hi - max(values)) if hi is not None else None) if m is not None]
         held = sum(c["holds"] for c in present)
-        lines.append(f"| {name} | {bound} | {_fmt(min(values))} | {_fmt(max(values))} | {_fmt(min(margins))} "
+        shown = name.replace("|", "\\|")      # a pipe in a statement would split the markdown cell
+        lines.append(f"| {shown} | {bound} | {_fmt(min(values))} | {_fmt(max(values))} | {_fmt(min(margins))} "
                      f"| {held}/{len(present)}{'' if len(present) == len(runs) else ' (not in every run)'} |")
     return "\n".join(lines)
 

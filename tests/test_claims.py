@@ -138,6 +138,14 @@ def test_spread_table_reports_range_margin_and_held_count():
     assert "| loss #2 | <= 2.0000 | 1.0000 | 1.0000 | 1.0000 | 1/1 (not in every run) |" in text
 
 
+def test_spread_table_escapes_pipes_in_statements():
+    spread = _load_spread()
+    runs = [{"seed": 0, "seconds": 1.0, "claims": [
+        {"statement": "|a - b|", "value": 0.01, "at_least": None, "at_most": 0.1, "holds": True}]}]
+    row = spread.table(runs, "x").splitlines()[-1]
+    assert row.startswith("| \\|a - b\\| | <= 0.1000 |") and row.count(" | ") == 5
+
+
 def test_spread_script_reruns_a_notebook_with_each_seed(tmp_path, capsys):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("SEED = 0")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -112,3 +113,57 @@ def test_notebook_is_stored_as_the_regeneration_script_writes_it(path):
     for cell in nb.cells:
         assert "execution" not in cell.metadata, f"{path.name}: cell timings stored"
     assert "version" not in nb.metadata.get("language_info", {}), f"{path.name}: Python version stored"
+
+
+# ------------------------------------------------------------------ exact facts and results of a run
+# Outputs of two kinds (retnet_mini/claims.py): exact facts, compared digit by digit by nbval, and results
+# of a run (training, sampling, timing), in cells tagged `run-result` that nbval does not compare and that
+# check the text's statements about them with claims. These guards keep the two apart.
+RUN_CALL = re.compile(r"\b(train|train_on_task|train_variant|seconds_per_call|median_times|interleaved_medians)\(")
+CLAIM_CALL = re.compile(r"\bclaim(_true)?\(")
+
+
+def _code_cells(path):
+    nb = nbformat.read(path, as_version=4)
+    return [(i, c, c.metadata.get("tags", [])) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_only_run_results_and_removed_outputs_escape_comparison(path):
+    for i, cell, tags in _code_cells(path):
+        if "nbval-ignore-output" in tags:
+            assert "run-result" in tags or "remove-output" in tags, (
+                f"{path.name} cell {i}: nbval-ignore-output needs a reason tag, run-result (training, sampling, "
+                f"timing) or remove-output (not shown): exact facts must stay compared")
+        if "run-result" in tags:
+            assert "nbval-ignore-output" in tags, f"{path.name} cell {i}: a run-result cell must be nbval-ignore-output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_cells_that_train_or_time_are_run_results_and_claims_live_only_there(path):
+    for i, cell, tags in _code_cells(path):
+        calls = [m.group(0) for m in RUN_CALL.finditer(cell.source) if not cell.source[:m.start()].endswith("def ")]
+        if calls and not cell.source.lstrip().startswith(("def ", "from ", "import ")):
+            assert "run-result" in tags, f"{path.name} cell {i} runs {calls[0]}...): tag it run-result"
+        if CLAIM_CALL.search(cell.source):
+            assert "run-result" in tags, (
+                f"{path.name} cell {i}: claims are for results of a run; an exact fact is compared by nbval instead")
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", ""))
+            assert "claim FAILS" not in text, f"{path.name} cell {i}: stored with a broken claim"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_notebooks_with_claims_have_a_seed_parameter(path):
+    """scripts/claim_spread.py re-runs them with other seeds through the `parameters` cell."""
+    cells = _code_cells(path)
+    if not any(CLAIM_CALL.search(c.source) for _, c, _ in cells):
+        return
+    params = [(i, c) for i, c, tags in cells if "parameters" in tags]
+    assert len(params) == 1, f"{path.name}: claims about runs need one cell tagged parameters"
+    # Only the seed: a value derived from SEED in this cell would escape the override that
+    # scripts/claim_spread.py injects right after it.
+    statements = [l for l in params[0][1].source.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    assert len(statements) == 1 and re.match(r"SEED = 0\s*(#.*)?$", statements[0]), (
+        f"{path.name}: the parameters cell must hold only `SEED = 0`, got {statements}")
+    assert params[0][0] < min(i for i, _, t in cells if "run-result" in t), f"{path.name}: SEED is set too late"
