@@ -79,6 +79,7 @@ def claim(statement: str, value: float, *, at_least: Optional[float] = None,
     breaks every bound. Raises :class:`ClaimError` when the claim fails (unless :func:`record_only`
     is in effect), ``TypeError`` / ``ValueError`` for a malformed claim.
     """
+    __tracebackhide__ = True   # IPython and pytest show the failing claim, not this module's frames
     if not isinstance(statement, str) or not statement.strip():
         raise ValueError("statement must be a non-empty string saying what is claimed")
     value = _number("value", value)
@@ -99,6 +100,7 @@ def claim(statement: str, value: float, *, at_least: Optional[float] = None,
 
 def claim_true(statement: str, condition: bool) -> bool:
     """Check that ``condition`` is true (a fact of the run that has no magnitude); return it."""
+    __tracebackhide__ = True
     if not isinstance(statement, str) or not statement.strip():
         raise ValueError("statement must be a non-empty string saying what is claimed")
     if not isinstance(condition, bool):
@@ -109,6 +111,7 @@ def claim_true(statement: str, condition: bool) -> bool:
 
 
 def _settle(result: Claim, shown: str, bound_note: str, expected: str) -> None:
+    __tracebackhide__ = True
     _recorded.append(result)
     print(f"claim {'holds' if result.holds else 'FAILS'}: {result.statement}: {shown}{bound_note}")
     if not result.holds and _raise_on_failure:
