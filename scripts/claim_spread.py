@@ -15,7 +15,8 @@ enough that a model that does not learn breaks them.
 
 `--perturbed` runs in the stand-in for "another CPU" that CI also uses (`ATEN_CPU_CAPABILITY=default`,
 scalar kernels, and `MKL_CBWR=COMPATIBLE`); `--threads N` limits the kernel to N threads; `--env K=V`
-sets anything else. Runs go `--jobs` at a time, each in its own kernel.
+sets anything else. Runs go `--jobs` at a time, each in its own kernel. A notebook whose results of a run
+are timings only has no `SEED`: `--timings` re-runs it unchanged, and the "seeds" just number the runs.
 """
 from __future__ import annotations
 
@@ -33,11 +34,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PERTURBED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 
 
-def parameters_cell_index(nb) -> int:
-    """Index of the one code cell tagged `parameters`; it must assign SEED."""
+def parameters_cell_index(nb, required: bool = True) -> int | None:
+    """Index of the one code cell tagged `parameters`; it must assign SEED.
+
+    A notebook whose run results are timings only has none (`required=False`): its runs differ without it.
+    """
     found = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if not found and not required:
+        return None
     if len(found) != 1:
-        raise SystemExit(f"expected exactly one code cell tagged 'parameters', found {len(found)}")
+        raise SystemExit(f"expected exactly one code cell tagged 'parameters', found {len(found)} "
+                         f"(a notebook of timings only: pass --timings)")
     if "SEED =" not in nb.cells[found[0]].source:
         raise SystemExit("the 'parameters' cell must assign SEED")
     return found[0]
@@ -51,9 +58,12 @@ def run_once(notebook: Path, seed: int, out: Path) -> None:
     from regen_notebooks import _Client  # the same kernel client as the regeneration script
 
     nb = nbformat.read(notebook, as_version=4)
-    at = parameters_cell_index(nb)
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(
-        f"SEED = {seed}\nimport retnet_mini.claims\nretnet_mini.claims.record_only()"))
+    at = parameters_cell_index(nb, required=False)
+    setup = "import retnet_mini.claims\nretnet_mini.claims.record_only()"
+    if at is None:        # timings only: the same notebook again, recording its claims from the start
+        nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
+    else:
+        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"SEED = {seed}\n{setup}"))
     nb.cells.append(nbformat.v4.new_code_cell(
         "import json, retnet_mini.claims\n"
         f"open({str(out)!r}, 'w').write(json.dumps(retnet_mini.claims.recorded()))"))
@@ -110,6 +120,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="more environment variables")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write every run's claims (JSON) here")
+    parser.add_argument("--timings", action="store_true",
+                        help="the notebook's run results are timings: no SEED to set, the 'seeds' only number the runs")
     parser.add_argument("--worker", nargs=2, metavar=("SEED", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     notebook = args.notebook.resolve()
@@ -118,7 +130,7 @@ def main(argv: List[str] | None = None) -> int:
         return 0
     import nbformat
 
-    parameters_cell_index(nbformat.read(notebook, as_version=4))   # fail early, before any kernel starts
+    parameters_cell_index(nbformat.read(notebook, as_version=4), required=not args.timings)   # fail early
     env = dict(os.environ)
     label = [notebook.name]
     if args.perturbed:
