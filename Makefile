@@ -35,7 +35,7 @@ TIMED := bash scripts/timed
 
 help:
 	@echo "make book        create .venv if needed, install the toolchain, build the site (_build/html)"
-	@echo "make test        unit -> nbval -> site -> browser, each timed (see _build/reports/stages.txt)"
+	@echo "make test        unit -> nbval -> portable -> site -> browser, each timed (see _build/reports/stages.txt)"
 	@echo "make unit        package tests and notebook guards (pytest tests/)"
 	@echo "make nbval       re-run every notebook and compare with its stored outputs (strict nbval)"
 	@echo "make portable    nbval on the notebooks with run results, as on another CPU and with 1 thread"

@@ -27,7 +27,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
-__all__ = ["Claim", "ClaimError", "claim", "claim_true", "recorded", "record_only", "reset"]
+__all__ = ["Claim", "ClaimError", "claim", "claim_true", "format_bound", "format_value", "recorded", "record_only",
+           "reset"]
 
 
 class ClaimError(AssertionError):
@@ -49,17 +50,18 @@ _recorded: List[Claim] = []
 _raise_on_failure = True
 
 
-def _show(x: float) -> str:
-    # 4 decimals, or 3 significant digits for the tiny and the huge (round-off bounds, counts)
+def format_value(x: float) -> str:
+    """4 decimals, or 3 significant digits for the tiny and the huge (round-off bounds, counts)."""
     return f"{x:.4f}" if x == 0 or not math.isfinite(x) or 1e-3 <= abs(x) < 1e6 else f"{x:.2e}"
 
 
-def _bound_text(at_least: Optional[float], at_most: Optional[float]) -> str:
+def format_bound(at_least: Optional[float], at_most: Optional[float]) -> str:
+    """The bound as the claims print it: "between a and b", ">= a" or "<= b"."""
     if at_least is not None and at_most is not None:
-        return f"between {_show(at_least)} and {_show(at_most)}"
+        return f"between {format_value(at_least)} and {format_value(at_most)}"
     if at_least is not None:
-        return f">= {_show(at_least)}"
-    return f"<= {_show(at_most)}"
+        return f">= {format_value(at_least)}"
+    return f"<= {format_value(at_most)}"
 
 
 def _number(name: str, value, allow_none: bool = False) -> Optional[float]:
@@ -93,8 +95,8 @@ def claim(statement: str, value: float, *, at_least: Optional[float] = None,
     if at_least is not None and at_most is not None and at_least > at_most:
         raise ValueError(f"claim {statement!r}: at_least ({at_least}) is above at_most ({at_most})")
     holds = math.isfinite(value) and (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
-    bound = _bound_text(at_least, at_most)
-    _settle(Claim(statement, value, at_least, at_most, holds), _show(value), f" (bound: {bound})", bound)
+    bound = format_bound(at_least, at_most)
+    _settle(Claim(statement, value, at_least, at_most, holds), format_value(value), f" (bound: {bound})", bound)
     return value
 
 

@@ -10,7 +10,7 @@ this script executes a copy of the notebook (nothing is written back) with a cel
 `parameters` cell that sets `SEED` and switches the claims to record-only, collects every claim's
 value, and prints one table: each claim with its bound, the smallest and largest value over the runs,
 the margin left to the bound, and whether it held in every run. That table is how the book's bounds are
-chosen (see notes/CLAIMS.md): wide enough for every seed and every numeric environment measured, narrow
+chosen (see book/checks.md): wide enough for every seed and every numeric environment measured, narrow
 enough that a model that does not learn breaks them.
 
 `--perturbed` runs in the stand-in for "another CPU" that CI also uses (`ATEN_CPU_CAPABILITY=default`,
@@ -83,12 +83,10 @@ def keyed(claims: List[dict]) -> Dict[str, dict]:
     return out
 
 
-def _fmt(x) -> str:
-    return "" if x is None else f"{x:.4f}" if x == 0 or 1e-3 <= abs(x) < 1e6 else f"{x:.2e}"
-
-
 def table(runs: List[dict], label: str) -> str:
-    """Markdown: one row per claim, over all runs."""
+    """Markdown: one row per claim, over all runs (values and bounds formatted as the claims print them)."""
+    from retnet_mini.claims import format_bound, format_value
+
     by_run = [keyed(r["claims"]) for r in runs]
     names = list(dict.fromkeys(name for k in by_run for name in k))
     seeds = ", ".join(str(r["seed"]) for r in runs)
@@ -99,13 +97,12 @@ def table(runs: List[dict], label: str) -> str:
         present = [k[name] for k in by_run if name in k]
         values = [c["value"] for c in present]
         lo, hi = present[0]["at_least"], present[0]["at_most"]
-        bound = (f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None
-                 else f">= {_fmt(lo)}" if lo is not None else f"<= {_fmt(hi)}")
         margins = [m for m in ((min(values) - lo) if lo is not None else None,
                                (hi - max(values)) if hi is not None else None) if m is not None]
         held = sum(c["holds"] for c in present)
         shown = name.replace("|", "\\|")      # a pipe in a statement would split the markdown cell
-        lines.append(f"| {shown} | {bound} | {_fmt(min(values))} | {_fmt(max(values))} | {_fmt(min(margins))} "
+        lines.append(f"| {shown} | {format_bound(lo, hi)} | {format_value(min(values))} | {format_value(max(values))} "
+                     f"| {format_value(min(margins))} "
                      f"| {held}/{len(present)}{'' if len(present) == len(runs) else ' (not in every run)'} |")
     return "\n".join(lines)
 
