@@ -20,6 +20,7 @@ from .retention import (
     parallel_retention,
     read_state,
     recurrent_retention,
+    state_dtype,
     update_state,
 )
 from .model import RetNetConfig, RetNetLM, RetNetState

@@ -19,6 +19,7 @@ from .retention import (
     parallel_retention,
     read_state,
     recurrent_retention,
+    state_dtype,
     update_state,
 )
 from .rotation import apply_rotation, rope_theta, rotation_tables, torchscale_theta
@@ -78,6 +79,16 @@ class HeadNorm(nn.Module):
             return F.rms_norm(y, y.shape[-1:], eps=self.eps)
         # (y - mean) / sqrt(var + eps) per head (biased variance, as GroupNorm), then weight and bias
         return torch.addcmul(self.bias, F.layer_norm(y, y.shape[-1:], eps=self.eps), self.weight)
+
+
+def projection_dtype(x: Tensor) -> torch.dtype:
+    """The dtype an ``nn.Linear`` gives for input ``x``: the autocast dtype when autocast is on for ``x``'s
+    device (``torch.autocast(..., dtype=torch.bfloat16)`` makes products bfloat16 from float32 inputs),
+    else ``x``'s own (autocast leaves float64 alone). Tables that multiply projections (the rotation) are
+    made in this dtype."""
+    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def rescale_factors(log_decay: Tensor, offset: int, length: int) -> Tensor:
@@ -170,14 +181,25 @@ class MultiScaleRetention(nn.Module):
         ``rotation``: the ``(cos, sin)`` tables of these positions, if the caller already has them."""
         B, T, _ = x.shape
         heads = lambda t, d: t.view(B, T, self.n_heads, d).transpose(1, 2)   # (B, H, T, d)
-        cos, sin = rotation or rotation_tables(self.theta, offset, T, x.dtype, x.device)
-        q = apply_rotation(heads(self.q_proj(x), self.key_dim), cos, sin)
-        k = apply_rotation(heads(self.k_proj(x), self.key_dim), cos, sin) * self.key_dim ** -0.5
-        v = heads(self.v_proj(x), self.value_dim)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)     # under autocast: its dtype, e.g. bf16
+        # Half-precision activations: rotation, retention and the head norm run in float32 (retention
+        # would compute in float32 anyway; this way its output reaches the norm without a round trip
+        # through 8 or 11 bits of mantissa, and float16 cannot overflow in between). Else: their dtype.
+        activations, compute = v.dtype, state_dtype(v.dtype)
+        cos, sin = rotation or rotation_tables(self.theta, offset, T, compute, x.device)
+        if cos.dtype != compute:          # tables made for another dtype
+            cos, sin = cos.to(compute), sin.to(compute)
+        q = apply_rotation(heads(q.to(compute), self.key_dim), cos, sin)
+        k = apply_rotation(heads(k.to(compute), self.key_dim), cos, sin) * self.key_dim ** -0.5
+        v = heads(v.to(compute), self.value_dim)
+        # ln(gamma) too: it is multiplied by distances of thousands of positions, where bfloat16's 8-bit
+        # mantissa would shift every time constant. The gate's small projection runs outside autocast.
         if self.decay_proj is not None:   # gated: (B, H, T), from these tokens only, so states continue
-            log_decay = gated_log_decay(self.decay_proj(x)).transpose(1, 2).to(q.dtype)
+            with torch.autocast(x.device.type, enabled=False):
+                gate_logits = self.decay_proj(x.to(self.decay_proj.weight.dtype))
+            log_decay = gated_log_decay(gate_logits).transpose(1, 2).to(compute)
         else:
-            log_decay = self.fixed_log_decay(q.dtype)
+            log_decay = self.fixed_log_decay(compute)
         if self.rescale:  # a column of ones makes retention also return rescaling 3's row sums
             v = torch.cat([v, v.new_ones(B, self.n_heads, T, 1)], dim=-1)
         o, state = retention(q, k, v, log_decay, mode, state, chunk_size, inplace)
@@ -188,7 +210,7 @@ class MultiScaleRetention(nn.Module):
         y = self.head_norm(o.transpose(1, 2))                                   # (B, T, H, d_v)
         if self.use_gate:   # the product comes out in the gate's (B, T, H * d_v) layout: no extra copy
             y = F.silu(self.g_proj(x)).view_as(y) * y
-        return self.out_proj(y.reshape(B, T, -1)), state
+        return self.out_proj(y.reshape(B, T, -1).to(activations)), state
 
 
 def retention(

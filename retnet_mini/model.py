@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import DECAYS, MODES, RetNetBlock, make_norm
+from .layers import DECAYS, MODES, RetNetBlock, make_norm, projection_dtype
+from .retention import state_dtype
 from .rotation import rotation_tables
 
 
@@ -142,7 +143,8 @@ class RetNetLM(nn.Module):
         offset = 0 if state is None else state.offset
         x = self.embed(tokens)
         # every layer rotates by the same theta: compute the cos/sin tables once
-        rotation = rotation_tables(self.blocks[0].retention.theta, offset, tokens.shape[1], x.dtype, x.device)
+        rotation = rotation_tables(self.blocks[0].retention.theta, offset, tokens.shape[1],
+                                   state_dtype(projection_dtype(x)), x.device)   # see MultiScaleRetention
         new_states = []
         for i, block in enumerate(self.blocks):
             x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size, inplace, rotation)
@@ -174,10 +176,11 @@ class RetNetLM(nn.Module):
                     raise ValueError(f"state.layers[{i}] must have shape {want}, got {tuple(s.shape)}")
 
     def init_state(self, batch_size: int) -> RetNetState:
-        """An empty history (all-zero states), equivalent to ``state=None``."""
+        """An empty history (all-zero states), equivalent to ``state=None``; float32 for a half-precision
+        model, like the states the forward pass returns (:func:`~retnet_mini.retention.state_dtype`)."""
         p = self.embed.weight
         shape = self.blocks[0].retention.state_shape(batch_size)
-        return RetNetState([p.new_zeros(shape) for _ in self.blocks], 0)
+        return RetNetState([p.new_zeros(shape, dtype=state_dtype(p.dtype)) for _ in self.blocks], 0)
 
     def generate(
         self, prompt_tokens: Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -11,6 +11,11 @@ Shapes used throughout (0-based positions ``n``, ``m``):
   ``(B, H, T)``, one decay per position (data-dependent decay, as in gated linear attention / Mamba-2)
 - ``state``: ``(B, H, d_k, d_v)``, ``S = sum_m gamma^(T-1-m) k_m^T v_m`` (the paper's layout)
 
+Precision: float16 and bfloat16 inputs are computed in float32 and the output comes back in the input's
+dtype, but the state stays float32 (:func:`state_dtype`): a state rounded to 8 bits of mantissa at every
+step drifts far more than its outputs do. Autocast (``torch.autocast``) is switched off inside these
+functions, so it cannot quietly lower their float32 products back to half precision.
+
 The three forms compute the same thing:
 
 - parallel  (eq. 5): ``o = (q k^T * D) v`` with ``D[n, m] = gamma^(n-m)`` for ``n >= m``, else 0
@@ -23,6 +28,7 @@ The masked upper triangle gets exponent ``-inf`` *before* ``exp``, so no ``inf *
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import weakref
@@ -40,6 +46,7 @@ __all__ = [
     "chunkwise_retention",
     "read_state",
     "update_state",
+    "state_dtype",
 ]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -72,6 +79,25 @@ def experiment_log_decay(n_heads: int, dtype: torch.dtype = torch.float64) -> Te
         torch.linspace(math.log(1 / 32), math.log(1 / 512), n_heads, dtype=torch.float64)
     )
     return torch.log1p(-one_minus_gamma).to(dtype)
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the retention state is kept in for inputs of ``dtype``: float32 for float16 and bfloat16
+    (the state is a long sum of decayed terms), the input's own dtype otherwise (float64 stays float64)."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def _outside_autocast(fn):
+    """Run ``fn`` with autocast off on the device of its first tensor argument. Under autocast every matrix product would be
+    cast to half precision, whatever dtype this module chose to compute in (see ``_to_compute_dtype``)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, Tensor)), None)     # q (k for update_state)
+        if first is not None and torch.is_autocast_enabled(first.device.type):
+            with torch.autocast(first.device.type, enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 def _check_n_heads(n_heads: int) -> None:
@@ -149,6 +175,7 @@ def _decay_factors(a: Tensor, fixed: bool) -> Tuple[Tensor, Tensor, Tensor, Tens
 # ---------------------------------------------------------------------------------------------
 # The three forms.
 # ---------------------------------------------------------------------------------------------
+@_outside_autocast
 def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """Parallel form (eq. 5): ``o = (q k^T * D) v``.
 
@@ -166,6 +193,7 @@ def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Te
     return _from_compute_dtype(o, out_dtype, "parallel_retention")
 
 
+@_outside_autocast
 def recurrent_retention(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor] = None, *,
     inplace: bool = False,
@@ -178,14 +206,22 @@ def recurrent_retention(
         q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)`` or ``(B, H, T)``;
         state: ``(B, H, d_k, d_v)`` carried from earlier positions, or None for an empty history.
         inplace: update ``state`` in place and return it (a decoding loop that owns its state saves
-            allocating a new one per token; no autograd). The default leaves ``state`` untouched, so one
-            state can be continued in several ways.
+            allocating a new one per token; no autograd). It needs a contiguous state of dtype
+            ``state_dtype(q.dtype)``. The default leaves ``state`` untouched, so one state can be
+            continued in several ways.
     Returns:
-        o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
+        o: ``(B, H, T, d_v)`` in q's dtype; state: ``(B, H, d_k, d_v)`` after the last position, in
+        ``state_dtype(q.dtype)`` (float32 for half-precision inputs).
     """
     _check_inputs(q, k, v, log_decay, state)
-    if inplace and (state is None or not state.is_contiguous() or state.dtype != q.dtype or torch.is_grad_enabled()):
-        raise ValueError("inplace=True needs a contiguous state of q's dtype and torch.no_grad()")
+    if inplace and (state is None or not state.is_contiguous() or state.dtype != state_dtype(q.dtype)
+                    or torch.is_grad_enabled()):
+        raise ValueError(
+            f"inplace=True needs a contiguous state of dtype {state_dtype(q.dtype)} (state_dtype(q.dtype)) "
+            f"and torch.no_grad(); got "
+            + ("state=None" if state is None else f"{_describe(state)}, contiguous={state.is_contiguous()}")
+            + f", grad enabled={torch.is_grad_enabled()}"
+        )
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
@@ -210,10 +246,11 @@ def recurrent_retention(
     o = outputs[0] if T == 1 else torch.cat(outputs, dim=1) if outputs else v.new_zeros(B * H, 0, d_v)
     return (
         _from_compute_dtype(o.view(B, H, T, d_v), out_dtype, "recurrent_retention"),
-        _from_compute_dtype(S.view(B, H, d_k, d_v), out_dtype, "recurrent_retention"),
+        S.view(B, H, d_k, d_v),
     )
 
 
+@_outside_autocast
 def chunkwise_retention(
     q: Tensor,
     k: Tensor,
@@ -237,7 +274,8 @@ def chunkwise_retention(
         q, k: ``(B, H, T, d_k)``; v: ``(B, H, T, d_v)``; log_decay: ``(H,)`` or ``(B, H, T)``;
         chunk_size: ``C >= 1``; state: ``(B, H, d_k, d_v)`` or None.
     Returns:
-        o: ``(B, H, T, d_v)``; state: ``(B, H, d_k, d_v)`` after the last position.
+        o: ``(B, H, T, d_v)`` in q's dtype; state: ``(B, H, d_k, d_v)`` after the last position, in
+        ``state_dtype(q.dtype)``.
     """
     _check_inputs(q, k, v, log_decay, state)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -264,7 +302,7 @@ def chunkwise_retention(
     o = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
     return (
         _from_compute_dtype(o, out_dtype, "chunkwise_retention"),
-        _from_compute_dtype(R, out_dtype, "chunkwise_retention"),
+        R,
     )
 
 
@@ -317,6 +355,7 @@ def _incoming_states(U: Tensor, decay: Tensor, R: Tensor, recording: bool) -> Tu
 # ---------------------------------------------------------------------------------------------
 # The state seen from outside a block of positions: how a block reads it and how it moves it on.
 # ---------------------------------------------------------------------------------------------
+@_outside_autocast
 def read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
     """What a block of ``L`` positions receives from the state before it: ``(q_j S) * gamma^(j+1)``.
 
@@ -328,17 +367,20 @@ def read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
         raise ValueError("state must be a tensor of shape (B, H, d_k, d_v)")
     values_like = q.new_empty(q.shape[:3] + (state.shape[-1],))   # only its shape is checked
     _check_inputs(q, q, values_like, log_decay, state)
+    q, _, _, log_decay, out_dtype = _to_compute_dtype(q, q, q, log_decay)
     xi = _decay_factors(_positionwise(log_decay, q.shape[2]), log_decay.ndim == 1)[1]
-    return (q @ state.to(q.dtype)) * xi
+    return _from_compute_dtype((q @ state.to(q.dtype)) * xi, out_dtype, "read_state")
 
 
+@_outside_autocast
 def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """The state after a block of ``L`` positions: ``gamma^L S + k^T (v * zeta)``, ``zeta_j = gamma^(L-1-j)``.
 
     Shapes: k ``(B, H, L, d_k)``, v ``(B, H, L, d_v)``, log_decay ``(H,)`` or ``(B, H, L)``, state
-    ``(B, H, d_k, d_v)`` or None -> ``(B, H, d_k, d_v)``.
+    ``(B, H, d_k, d_v)`` or None -> ``(B, H, d_k, d_v)`` in ``state_dtype(k.dtype)``.
     """
     _check_inputs(k, k, v, log_decay, state)
+    k, _, v, log_decay, _ = _to_compute_dtype(k, k, v, log_decay)
     B, H, L, d_k = k.shape
     _, _, zeta, total = _decay_factors(_positionwise(log_decay, L), log_decay.ndim == 1)
     return total * _initial_state(state, B, H, d_k, v.shape[-1], k) + k.transpose(-1, -2) @ (v * zeta)
@@ -357,7 +399,7 @@ def _to_compute_dtype(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor):
     """Half-precision inputs are computed in float32 (sums of many decayed terms lose all precision
     and can overflow float16); everything else stays in its own dtype (float64 included)."""
     out_dtype = q.dtype
-    compute = torch.float32 if out_dtype in _HALF_DTYPES else out_dtype
+    compute = state_dtype(out_dtype)
     if compute == out_dtype and log_decay.dtype == compute:    # the usual case: nothing to convert
         return q, k, v, log_decay, out_dtype
     return q.to(compute), k.to(compute), v.to(compute), log_decay.to(compute), out_dtype

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import make_norm
+from .layers import make_norm, projection_dtype
 from .model import check_generate_args, decode_loop
 from .rotation import rope_theta, rotate
 
@@ -333,7 +333,8 @@ class TransformerLM(nn.Module):
             offset = state.offset
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
                 raise ValueError(f"state.offset must be an int >= 0, got {offset!r}")
-            dtype = self.embed.weight.dtype
+            # The model's dtype, or under autocast the dtype its projections produce (the cache it returned)
+            dtypes = {self.embed.weight.dtype, projection_dtype(self.embed.weight)}
             for name, tensors in (("k", state.k), ("v", state.v)):
                 for i, t in enumerate(tensors):
                     where = f"state.{name}[{i}]"
@@ -348,8 +349,11 @@ class TransformerLM(nn.Module):
                         )
                     if t.device != device:
                         raise ValueError(f"{where} is on {t.device} but the model is on {device}")
-                    if t.dtype != dtype:
-                        raise ValueError(f"{where} has dtype {t.dtype} but the model has {dtype}")
+                    if t.dtype not in dtypes:
+                        raise ValueError(
+                            f"{where} has dtype {t.dtype} but the model computes in "
+                            f"{' or '.join(sorted(str(d) for d in dtypes))}"
+                        )
         if c.max_len is not None and offset + T > c.max_len:
             raise ValueError(
                 f"tokens reach position {offset + T} (state.offset {offset} + T {T}) but max_len is {c.max_len}"

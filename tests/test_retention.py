@@ -14,6 +14,7 @@ from retnet_mini import (
     parallel_retention,
     read_state,
     recurrent_retention,
+    state_dtype,
     update_state,
 )
 
@@ -208,9 +209,13 @@ def test_gradients_agree_float32(device):
 def test_dtype_and_device_kept(dtype, device):
     q, k, v, ld = random_inputs(1, 2, 33, 4, 6, [0.5, 0.99], dtype=dtype, device=device)
     ref = parallel_retention(*(x.double() for x in (q, k, v)), ld.double())
-    outputs = [parallel_retention(q, k, v, ld), *recurrent_retention(q, k, v, ld), *chunkwise_retention(q, k, v, ld, 8)]
+    (o_r, s_r), (o_c, s_c) = recurrent_retention(q, k, v, ld), chunkwise_retention(q, k, v, ld, 8)
+    outputs = [parallel_retention(q, k, v, ld), o_r, o_c]
     for o in outputs:
         assert o.dtype == dtype and o.device == q.device and torch.isfinite(o).all()
+    for s in (s_r, s_c):   # the state is kept in float32 for half inputs
+        assert s.dtype == state_dtype(dtype) and s.device == q.device and torch.isfinite(s).all()
+    assert state_dtype(dtype) == (torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype)
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
     assert rel_err(outputs[0].double(), ref) < tol
 
