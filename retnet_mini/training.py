@@ -15,7 +15,15 @@ What the loop does, and why:
 - **Gradient clipping** by global norm (``grad_clip``); the norm before clipping goes into the history.
 - **Validation** on fixed windows spread over the whole validation set (:func:`~retnet_mini.data.
   sequential_batches`), so every validation number is measured on the same text and curves are comparable.
-- **bfloat16 autocast** on CUDA only (CPU runs stay in float32 and are bit-reproducible).
+- **Precision** (:func:`choose_precision`): by default bfloat16 autocast on GPUs that have native bfloat16
+  (A100, L4, H100), float16 autocast with a loss scaler (``torch.amp.GradScaler``) on GPUs with float16
+  tensor cores but no bfloat16 (Colab's T4), float32 on a CPU, where runs stay bit-reproducible. The run
+  says which it chose (``History.precision``, and one printed line with ``progress=True``).
+- **More than one process** (``torchrun``; :func:`init_distributed`): the model is wrapped in
+  ``DistributedDataParallel``; every rank draws the same global batch and trains on its own slice of it,
+  so a run on N processes follows the single-process run of the same global batch (up to float rounding
+  of the gradient all-reduce). Validation windows are shared out between the ranks; rank 0 alone writes
+  checkpoints and prints. ``python -m retnet_mini.training`` is a command line for it.
 - **Checkpoints** are written atomically (temporary file in the same directory, fsync, ``os.replace``):
   a crash during a save leaves the previous checkpoint intact. They hold the model, optimizer, step,
   RNG states (the batch generator, torch's CPU and CUDA generators for dropout) and history, plus the
@@ -46,6 +54,10 @@ from .data import get_batch, sequential_batches
 
 __all__ = [
     "TrainConfig",
+    "Precision",
+    "PRECISIONS",
+    "choose_precision",
+    "init_distributed",
     "History",
     "train",
     "evaluate",
@@ -65,8 +77,10 @@ CHECKPOINT_FORMAT = "retnet_mini.checkpoint/1"
 # (Evaluation and checkpoint intervals may change between runs; they do not alter the training losses.)
 _TRAJECTORY_FIELDS = (
     "steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps",
-    "weight_decay", "betas", "eps", "grad_clip", "seed", "amp",
+    "weight_decay", "betas", "eps", "grad_clip", "seed", "precision",
 )  # fmt: skip
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -87,10 +101,12 @@ class TrainConfig:
     eval_interval: int | None = 100  # validate every this many steps (and at step 0 and the end)
     eval_windows: int | None = 64  # validation windows of seq_len; None = the whole validation set
     checkpoint_interval: int | None = None  # also save every this many steps (None: only at the end)
-    amp: bool = True  # bfloat16 autocast when training on CUDA; ignored on CPU
+    precision: str = "auto"  # "auto" (see choose_precision) | "float32" | "bfloat16" | "float16"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # a list from JSON would otherwise break the resume check
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("steps", "batch_size", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -119,13 +135,15 @@ class History:
     tokens_per_s: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    precision: str = ""  # how the run computed, e.g. "float32" (see Precision.describe)
 
-    def to_dict(self) -> dict[str, list]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, list]) -> "History":
-        return cls(**{f.name: list(d[f.name]) for f in dataclasses.fields(cls)})
+    def from_dict(cls, d: dict[str, Any]) -> "History":
+        return cls(**{f.name: d[f.name] if f.name == "precision" else list(d[f.name])
+                      for f in dataclasses.fields(cls) if f.name in d})
 
     @property
     def final_val_loss(self) -> float:
@@ -194,12 +212,109 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
 
-def _autocast(device: torch.device, amp: bool):
-    # bfloat16 needs no loss scaling; on CPU we stay in float32 so runs are exactly reproducible. GPUs
-    # without native bfloat16 (e.g. Colab's T4) would only emulate it, slowly: they stay in float32 too.
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: ``name`` is ``"float32"``, ``"bfloat16"`` or ``"float16"`` (the autocast dtype
+    of the forward pass; weights and optimizer state stay float32), ``loss_scaling`` whether gradients go
+    through a ``GradScaler``, ``reason`` why this was chosen."""
+
+    name: str
+    loss_scaling: bool
+    reason: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.name)
+
+    def autocast(self, device: torch.device):
+        """The context the forward pass runs in: autocast to this dtype, or nothing for float32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        how = {"float32": "float32", "bfloat16": "bfloat16 autocast",
+               "float16": "float16 autocast"}[self.name]
+        return how + (" with loss scaling" if self.loss_scaling else "") + f" ({self.reason})"
+
+
+def choose_precision(device: str | torch.device, precision: str = "auto") -> Precision:
+    """The precision a run on ``device`` uses.
+
+    ``"auto"``: bfloat16 autocast where the GPU computes bfloat16 natively (compute capability 8.0 and up:
+    A100, L4, H100; bfloat16 has float32's range, so no loss scaling); float16 autocast with a
+    ``GradScaler`` on GPUs with float16 tensor cores but no bfloat16 (compute capability 7.x: V100, and
+    Colab's free T4, where float16 is several times faster than float32); float32 elsewhere, and on a CPU,
+    where half precision brings no speed and float32 runs are bit-reproducible. ``"float32"``,
+    ``"bfloat16"`` and ``"float16"`` force a choice (float16 always with loss scaling), also on a CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision != "auto":
+        return Precision(precision, precision == "float16", "asked for")
+    if device.type != "cuda":
+        return Precision("float32", False, f"the default on {device.type}: half precision is not faster there")
+    name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return Precision("bfloat16", False, f"{name} computes bfloat16 natively")
+    if capability >= (7, 0):
+        return Precision("float16", True, f"{name} (compute capability {capability[0]}.{capability[1]}) has "
+                         "float16 tensor cores but no native bfloat16")
+    return Precision("float32", False, f"{name} has neither native bfloat16 nor float16 tensor cores")
+
+
+# --------------------------------------------------------------------------------------------------
+# More than one process (torchrun)
+# --------------------------------------------------------------------------------------------------
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(backend: str | None = None) -> torch.device:
+    """Join the process group ``torchrun`` set up (its ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+    ``MASTER_ADDR``/``MASTER_PORT`` environment variables) and return this process's device.
+
+    ``backend``: default ``"nccl"`` with CUDA (one GPU per process: ``cuda:LOCAL_RANK``), ``"gloo"`` on CPUs.
+    Without torchrun's variables it does nothing and returns :func:`default_device`, so one script runs
+    either way. :func:`train` then shares the work between the processes.
+    """
+    dist = torch.distributed
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return torch.device(default_device())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return device
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    # The buffers (decay, rotation frequencies) are constants: no need to broadcast them at every forward
+    # pass. The option was renamed in newer torch; Colab's may be older.
+    import inspect
+
+    ddp = nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if _world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -335,29 +450,38 @@ def evaluate(
     forward_kwargs: dict | None = None,
     max_windows: int | None = None,
     device: str | torch.device | None = None,
-    amp: bool = True,
+    precision: str | Precision = "auto",
 ) -> float:
     """Mean next-token cross-entropy (nats/token) over fixed windows of ``data`` (N,).
 
     Uses :func:`~retnet_mini.data.sequential_batches` (non-overlapping windows, or ``max_windows`` of them
     spread evenly), so the number is deterministic. Each window starts without context, as in training.
-    The model is put in eval mode (no dropout) and restored to its previous mode afterwards.
+    The model is put in eval mode (no dropout) and restored to its previous mode afterwards. ``precision``
+    as in :func:`choose_precision`. Under ``torchrun`` every rank evaluates every ``world_size``-th batch
+    and all ranks return the same total.
     """
     _check_ids(data, "data", seq_len)
     forward_kwargs = forward_kwargs or {}
     device = torch.device(device) if device is not None else _model_device(model)
+    if not isinstance(precision, Precision):
+        precision = choose_precision(device, precision)
+    rank, world_size = _world()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        for x, y in sequential_batches(data, batch_size, seq_len, max_windows=max_windows, device=device):
-            with _autocast(device, amp):
+        batches = sequential_batches(data, batch_size, seq_len, max_windows=max_windows, device=device)
+        for i, (x, y) in enumerate(batches):
+            if i % world_size != rank:
+                continue
+            with precision.autocast(device):
                 logits = _logits(model(x, **forward_kwargs))
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
             total += loss.item()
             count += y.numel()
     finally:
         model.train(was_training)
+    total, count = _all_reduce_sum([total, float(count)], device)
     return total / count
 
 
@@ -397,7 +521,8 @@ def train(
     """Train ``model`` on ``train_data`` (N_train,) ids, validating on ``val_data`` (N_val,); return the history.
 
     - ``forward_kwargs``: passed to every forward call, e.g. ``{"mode": "chunkwise", "chunk_size": 64}``.
-    - ``device``: default ``"cuda"`` if available, else ``"cpu"``; the model is moved there.
+    - ``device``: default ``"cuda"`` if available (under torchrun ``cuda:LOCAL_RANK``), else ``"cpu"``;
+      the model is moved there. The precision follows ``config.precision`` (:func:`choose_precision`).
     - ``checkpoint_path``: where to save (at the end, at ``until_step``, every ``checkpoint_interval``).
       If the file exists and ``resume`` is true, training continues from it exactly (a finished
       checkpoint just loads the weights and returns its history); ``resume=False`` starts over and
@@ -405,11 +530,25 @@ def train(
       ValueError.
     - ``until_step``: stop after this many updates (saving a checkpoint), as if interrupted; a later call
       with the same arguments and no ``until_step`` finishes the run.
-    - ``progress``: show a tqdm bar (a widget in notebooks).
+    - ``progress``: show a tqdm bar (a widget in notebooks) and print the precision chosen.
+
+    Under ``torchrun`` (after :func:`init_distributed`) call it on every rank with the same arguments:
+    ``config.batch_size`` is the global batch, split evenly between the ranks.
     """
     config = config or TrainConfig()
     forward_kwargs = dict(forward_kwargs or {})
-    dev = torch.device(device if device is not None else default_device())
+    rank, world_size = _world()
+    if config.batch_size % world_size:
+        raise ValueError(
+            f"TrainConfig.batch_size ({config.batch_size}) must be divisible by the number of processes "
+            f"({world_size}): each process trains on an equal slice of the global batch"
+        )
+    if device is None:
+        device = default_device()
+        if device == "cuda" and world_size > 1:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dev = torch.device(device)
+    precision = choose_precision(dev, config.precision)
     _check_ids(train_data, "train_data", config.seq_len)
     _check_ids(val_data, "val_data", config.seq_len)
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -423,6 +562,7 @@ def train(
 
     model.to(dev)
     optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision.loss_scaling)   # a no-op when disabled
     batch_gen = torch.Generator().manual_seed(config.seed)  # on CPU: same batches on any device
     history, step = History(), 0
     data_hash = _fingerprint(train_data)
@@ -440,6 +580,8 @@ def train(
         if ckpt["data_hash"] != data_hash:
             raise ValueError(f"checkpoint {checkpoint_path} was written for different training data")
         step, history = ckpt["step"], History.from_dict(ckpt["history"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         batch_gen.set_state(ckpt["rng"]["batches"])
         torch.set_rng_state(ckpt["rng"]["torch_cpu"])
         cuda_states = ckpt["rng"]["torch_cuda"]
@@ -447,8 +589,15 @@ def train(
             torch.cuda.set_rng_state_all(cuda_states)
     else:
         torch.manual_seed(config.seed)  # dropout masks, if the model has dropout
+    history.precision = precision.describe()
 
-    def save() -> None:
+    def save() -> None:  # rank 0 writes; every rank waits for the file before going on
+        if rank == 0:
+            _write_checkpoint()
+        if world_size > 1:
+            torch.distributed.barrier()
+
+    def _write_checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
             "format": CHECKPOINT_FORMAT,
             "model_class": type(model).__name__,
@@ -463,48 +612,59 @@ def train(
                 "torch_cpu": torch.get_rng_state(),
                 "torch_cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
             },
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "history": history.to_dict(),
         })  # fmt: skip
 
     def validate() -> None:
         loss = evaluate(
             model, val_data, config.batch_size, config.seq_len, forward_kwargs=forward_kwargs,
-            max_windows=config.eval_windows, device=dev, amp=config.amp,
+            max_windows=config.eval_windows, device=dev, precision=precision,
         )  # fmt: skip
         history.val_steps.append(step)
         history.val_loss.append(loss)
 
     was_training = model.training
     model.train()
+    # Several processes: DDP averages the gradients of the ranks' slices during backward.
+    forward_model = model if world_size == 1 else _wrap_ddp(model, dev)
+    if progress and rank == 0:
+        print(f"{type(model).__name__} on {dev}" + (f" x {world_size} processes" if world_size > 1 else "")
+              + f": {precision.describe()}")
     if step == 0:
         validate()  # the untrained model: about ln(vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.grad_clip if config.grad_clip is not None else math.inf  # inf: measure, don't clip
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=type(model).__name__)
+    share = config.batch_size // world_size
+    bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc=type(model).__name__)
     try:
         while step < stop:
             t0 = time.perf_counter()
+            # every rank draws the same global batch (same generator) and keeps its own slice of it
             x, y = get_batch(train_data, config.batch_size, config.seq_len, generator=batch_gen, device=dev)
+            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with _autocast(dev, config.amp):
-                logits = _logits(model(x, **forward_kwargs))
+            with precision.autocast(dev):
+                logits = _logits(forward_model(x, **forward_kwargs))
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            loss_value = loss.item()
+            loss_value = loss.item() if world_size == 1 else _all_reduce_sum([loss.item()], dev)[0] / world_size
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss is {loss_value} at step {step + 1}; try a lower lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()   # with float16: the loss scaled up so small gradients survive
+            scaler.unscale_(optimizer)      # true gradients again, before they are clipped and measured
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-            optimizer.step()
+            scaler.step(optimizer)          # skipped (and the scale lowered) if a gradient overflowed
+            scaler.update()
             step += 1
 
             history.steps.append(step)
             history.train_loss.append(loss_value)
             history.lr.append(lr)
             history.grad_norm.append(grad_norm)
-            history.tokens_per_s.append(y.numel() / (time.perf_counter() - t0))
+            history.tokens_per_s.append(y.numel() * world_size / (time.perf_counter() - t0))
             if step == config.steps or (config.eval_interval and step % config.eval_interval == 0):
                 validate()
             if checkpoint_path is not None and (
@@ -517,3 +677,74 @@ def train(
         bar.close()
         model.train(was_training)
     return history
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: python -m retnet_mini.training (alone, or under torchrun)
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> History:
+    """Train the training chapter's RetNet (or the Transformer) on a corpus; see ``--help``.
+
+    One process: ``python -m retnet_mini.training --steps 300``. Several (e.g. 2 GPUs, or 2 CPU processes):
+    ``torchrun --standalone --nproc_per_node 2 -m retnet_mini.training --steps 300``.
+    """
+    import argparse
+    import json
+
+    from .data import prepare_corpus
+    from .model import RetNetConfig, RetNetLM
+    from .transformer import TransformerLM
+
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m retnet_mini.training", description=main.__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("retnet", "transformer"), default="retnet")
+    p.add_argument("--corpus", default="python-docs", help="a corpus name of retnet_mini.data.load_corpus")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--mode", choices=("parallel", "chunkwise", "recurrent"), default="chunkwise")
+    p.add_argument("--chunk-size", type=int, default=64)
+    for name in ("steps", "batch_size", "seq_len", "warmup_steps", "seed", "eval_interval", "eval_windows",
+                 "checkpoint_interval"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "min_lr", "weight_decay"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    p.add_argument("--checkpoint", help="checkpoint file: resumed if it exists, written by rank 0")
+    p.add_argument("--until-step", type=int, help="stop after this many updates, as if interrupted")
+    p.add_argument("--json", help="rank 0 writes the history here (JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    device = init_distributed()
+    rank, world_size = _world()
+    try:
+        corpus = prepare_corpus(args.corpus)
+        seed_everything(args.seed)  # every rank builds the same initial weights (DDP also broadcasts rank 0's)
+        config = RetNetConfig.paper(corpus.tokenizer.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
+                                    n_layers=args.n_layers)
+        if args.model == "retnet":
+            model, forward_kwargs = RetNetLM(config), {"mode": args.mode, "chunk_size": args.chunk_size}
+        else:
+            model, forward_kwargs = TransformerLM.matching(config), {}
+        train_config = TrainConfig(**{name: getattr(args, name) for name in (
+            "steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "seed",
+            "eval_interval", "eval_windows", "checkpoint_interval", "precision")})
+        history = train(model, corpus.train, corpus.val, train_config, forward_kwargs=forward_kwargs,
+                        device=device, checkpoint_path=args.checkpoint, until_step=args.until_step,
+                        progress=not args.quiet)
+        if rank == 0:
+            print(f"{args.model} after {history.steps[-1]} steps on {world_size} process(es): train loss "
+                  f"{history.train_loss[-1]:.4f}, validation loss {history.final_val_loss:.4f} nats/char")
+            if args.json:
+                Path(args.json).write_text(json.dumps(history.to_dict()))
+        return history
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
