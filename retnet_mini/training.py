@@ -712,13 +712,18 @@ def main(argv: list[str] | None = None) -> History:
     for name in ("lr", "min_lr", "weight_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if there is one (one GPU per process)")
     p.add_argument("--checkpoint", help="checkpoint file: resumed if it exists, written by rank 0")
     p.add_argument("--until-step", type=int, help="stop after this many updates, as if interrupted")
     p.add_argument("--json", help="rank 0 writes the history here (JSON)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    device = init_distributed()
+    device = init_distributed(backend="gloo" if args.device == "cpu" else None)
+    if args.device == "cpu":
+        device = torch.device("cpu")
+    elif args.device == "cuda" and device.type != "cuda":
+        raise SystemExit("--device cuda: no CUDA device is available")
     rank, world_size = _world()
     try:
         corpus = prepare_corpus(args.corpus)

@@ -13,7 +13,10 @@ changes nothing, byte for byte:
 - no execution timestamps (record_timing=False);
 - widget model ids renamed to ids computed from the notebook's name and each model's content;
 - consecutive stream outputs of the same stream merged (how a stream is split depends on flush timing);
-- volatile metadata dropped (Python version, editor and Colab bookkeeping, cell timings).
+- volatile metadata dropped (Python version, editor and Colab bookkeeping, cell timings);
+- every exercise solution (a code cell tagged `solution`) hidden where learners work: tagged `hide-input`
+  (collapsed on the website), `jupyter.source_hidden` (collapsed in JupyterLab and Notebook 7), and
+  `cellView: form` with a `# @title` first line (Colab shows the title and hides the code).
 
 A cell that raises fails the script, unless the cell is tagged `raises-exception`.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,6 +50,16 @@ VOLATILE_LANGUAGE_INFO = ("version",)
 # Cell-level metadata dropped.
 VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled", "colab", "outputId", "id",
                           "executionInfo", "papermill", "vscode", "jupyter")
+# Exercise solutions (code cells tagged `solution`) are hidden wherever the notebook is read; see
+# hide_solutions, the one place that sets this (normalize applies it, so regenerating cannot lose it).
+SOLUTION_TAG = "solution"
+SOLUTION_TAGS = ("hide-input",)  # Jupyter Book: input collapsed on the website ("Click to show")
+SOLUTION_TITLE = "# @title Solution (double-click to show)"  # Colab: the form's title, shown instead of the code
+SOLUTION_METADATA = {
+    "jupyter": {"source_hidden": True},  # JupyterLab / Notebook 7: input collapsed
+    "cellView": "form",  # Colab: the cell shown as its form (the title), code hidden
+}
+FORM_TITLE = re.compile(r"#\s*@title\b")
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -189,6 +203,25 @@ def strip_volatile_metadata(nb: nbformat.NotebookNode) -> None:
             cell.pop("execution_count", None)
 
 
+def hide_solutions(nb: nbformat.NotebookNode) -> None:
+    """Hide every `solution`-tagged code cell on the website, in JupyterLab / Notebook 7 and in Colab.
+
+    Adds the `hide-input` tag if missing, sets SOLUTION_METADATA, and makes the source's first line
+    SOLUTION_TITLE (replacing a `# @title` line already there, inserting it otherwise). Idempotent.
+    """
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or SOLUTION_TAG not in tags:
+            continue
+        cell.metadata["tags"] = [t for t in SOLUTION_TAGS if t not in tags] + list(tags)
+        for key, value in SOLUTION_METADATA.items():
+            cell.metadata[key] = nbformat.from_dict(value)  # a copy
+        lines = cell.source.split("\n")
+        if FORM_TITLE.match(lines[0]):
+            lines = lines[1:]
+        cell.source = "\n".join([SOLUTION_TITLE] + lines)
+
+
 def normalize(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """Apply every deterministic rewrite except execution (used after executing, and by the tests)."""
     for cell in nb.cells:
@@ -196,6 +229,7 @@ def normalize(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
             cell.outputs = merge_streams(cell.outputs)
     rename_widget_ids(nb, name)
     strip_volatile_metadata(nb)
+    hide_solutions(nb)  # after the strip, which drops "jupyter" metadata from every other cell
     return nb
 
 

@@ -1,4 +1,10 @@
-"""Shared by the tests/test_exercises_*.py files: a chapter's solution cells, and a checker's rejection."""
+"""Shared by the tests/test_exercises_*.py files: a chapter's solution cells, and a checker's rejection.
+
+Naming rule (notes/CHAPTERS.md): a stub defines the learner's function (``my_memory``); its solution cell
+defines the worked answer under its own name, :func:`solution_name` (``solution_memory``), and calls the
+checker on that, so running every cell never replaces the learner's function.
+"""
+import ast
 import contextlib
 import io
 from pathlib import Path
@@ -10,6 +16,26 @@ import pytest
 from retnet_mini.exercises import ExerciseError
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
+STUB_MARKER = "# your code here"
+SOLUTION_PREFIX = "solution_"
+
+
+def solution_name(stub_name: str) -> str:
+    """The name of the solution's answer to the stub's ``stub_name``: ``my_memory`` -> ``solution_memory``,
+    ``kv_cache_bytes`` -> ``solution_kv_cache_bytes``."""
+    return SOLUTION_PREFIX + stub_name.removeprefix("my_")
+
+
+def stub_functions(notebook: Path) -> List[str]:
+    """The function each exercise stub (a code cell with ``# your code here``) defines, in order."""
+    nb = nbformat.read(notebook, as_version=4)
+    names = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and STUB_MARKER in cell.source:
+            defs = [n.name for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef)]
+            assert len(defs) == 1, f"{notebook.name}: a stub should define one function, got {defs}"
+            names.append(defs[0])
+    return names
 
 
 def notebook_solution_cells(notebook: Path) -> List[str]:

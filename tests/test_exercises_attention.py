@@ -14,7 +14,8 @@ from retnet_mini.exercises.attention import (
     check_linear_attention_step,
 )
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "attention_to_recurrence.ipynb"
 EXERCISES = ["my_causal_mask", "my_kv_decode_step", "my_linear_attention_step", "my_linear_attention_cumsum"]
@@ -27,15 +28,18 @@ def solution_cells():
 def test_notebook_has_a_solution_per_exercise():
     cells = solution_cells()
     assert len(cells) == len(EXERCISES) >= 3
+    assert stub_functions(NOTEBOOK) == EXERCISES
     for source, name in zip(cells, EXERCISES):
-        assert f"def {name}(" in source
+        # the solution's own name: running every cell keeps the learner's function
+        assert f"def {solution_name(name)}(" in source and f"def {name}(" not in source
 
 
 @pytest.mark.parametrize("index", range(len(EXERCISES)))
 def test_notebook_solution_passes_its_checker(index):
     out, namespace = run_solution(NOTEBOOK, index)
     assert "correct on all 25 random cases" in out
-    assert callable(namespace[EXERCISES[index]])
+    assert callable(namespace[solution_name(EXERCISES[index])])
+    assert EXERCISES[index] not in namespace
 
 
 # -- exercise 1: the causal mask ------------------------------------------------------------------

@@ -11,7 +11,8 @@ from retnet_mini import RetNetConfig, RetNetLM
 from retnet_mini.exercises.block import (block_linear_weights, check_gated_output, check_head_rmsnorm,
                                          check_param_count)
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "block.ipynb"
 
@@ -26,8 +27,11 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out, _ = run_solution(NOTEBOOK, index)
+    out, namespace = run_solution(NOTEBOOK, index)
     assert "correct on all 25 random cases" in out
+    stub = stub_functions(NOTEBOOK)[index]
+    # the solution's own name: running every cell keeps the learner's function
+    assert callable(namespace[solution_name(stub)]) and stub not in namespace
 
 
 def test_gated_output_wrong_answers():

@@ -12,7 +12,8 @@ import torch
 from retnet_mini import decay_matrix
 from retnet_mini.exercises.decay import check_half_life_schedule, check_memory, check_normalized_decay
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "decay.ipynb"
 CHECKERS = ["check_memory", "check_half_life_schedule", "check_normalized_decay"]
@@ -31,8 +32,11 @@ def test_notebook_has_three_hidden_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out, _ = run_solution(NOTEBOOK, index)
+    out, namespace = run_solution(NOTEBOOK, index)
     assert f"{CHECKERS[index]}: correct on all 25 random cases." in out
+    stub = stub_functions(NOTEBOOK)[index]
+    # the solution's own name: running every cell keeps the learner's function
+    assert callable(namespace[solution_name(stub)]) and stub not in namespace
 
 
 def test_stubs_leave_the_checker_commented_out():

@@ -10,7 +10,8 @@ import torch
 
 from retnet_mini.exercises.inference import check_decode_throughput, check_flop_crossover, check_greedy_decode
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "inference.ipynb"
 
@@ -25,8 +26,11 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out, _ = run_solution(NOTEBOOK, index)
+    out, namespace = run_solution(NOTEBOOK, index)
     assert "correct on all 25 random cases" in out
+    stub = stub_functions(NOTEBOOK)[index]
+    # the solution's own name: running every cell keeps the learner's function
+    assert callable(namespace[solution_name(stub)]) and stub not in namespace
 
 
 # ---------------------------------------------------------------------------------------------

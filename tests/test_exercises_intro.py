@@ -7,7 +7,8 @@ import pytest
 
 from retnet_mini.exercises.intro import check_kv_cache_bytes, check_max_batch, check_state_bytes
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "intro.ipynb"
 
@@ -22,8 +23,11 @@ def test_notebook_has_three_solutions():
 
 @pytest.mark.parametrize("index", range(3))
 def test_notebook_solution_passes_its_checker(index):
-    out, _ = run_solution(NOTEBOOK, index)
+    out, namespace = run_solution(NOTEBOOK, index)
     assert "correct on all 25 random cases" in out
+    stub = stub_functions(NOTEBOOK)[index]
+    # the solution's own name: running every cell keeps the learner's function
+    assert callable(namespace[solution_name(stub)]) and stub not in namespace
 
 
 def test_kv_cache_wrong_answers():

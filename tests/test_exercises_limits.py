@@ -13,7 +13,8 @@ from retnet_mini import RetNetConfig, RetNetLM, TransformerConfig, TransformerLM
 from retnet_mini.exercises.limits import (check_gate_log_decay, check_masked_accuracy, check_mqar_example,
                                           check_state_numbers, state_numbers_reference)
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "limits.ipynb"
 
@@ -28,8 +29,11 @@ def test_notebook_has_four_solutions():
 
 @pytest.mark.parametrize("index", range(4))
 def test_notebook_solution_passes_its_checker(index):
-    out, _ = run_solution(NOTEBOOK, index)
+    out, namespace = run_solution(NOTEBOOK, index)
     assert "correct on all 25 random cases" in out
+    stub = stub_functions(NOTEBOOK)[index]
+    # the solution's own name: running every cell keeps the learner's function
+    assert callable(namespace[solution_name(stub)]) and stub not in namespace
 
 
 def test_stubs_are_stubs():

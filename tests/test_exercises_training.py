@@ -17,7 +17,8 @@ from retnet_mini.exercises.training import (
     check_unigram_entropy,
 )
 
-from exercise_notebooks import notebook_solution_cells, rejected as _rejected, run_solution
+from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
+                                stub_functions)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "training.ipynb"
 EXERCISES = ["my_next_char_loss", "my_lr_at", "my_unigram_entropy", "my_loss_units"]
@@ -30,8 +31,10 @@ def solution_cells():
 def test_notebook_has_a_solution_per_exercise():
     cells = solution_cells()
     assert len(cells) == len(EXERCISES) >= 3
+    assert stub_functions(NOTEBOOK) == EXERCISES
     for source, name in zip(cells, EXERCISES):
-        assert f"def {name}(" in source
+        # the solution's own name: running every cell keeps the learner's function
+        assert f"def {solution_name(name)}(" in source and f"def {name}(" not in source
 
 
 def test_notebook_stubs_leave_the_checker_commented_out():
@@ -46,7 +49,8 @@ def test_notebook_stubs_leave_the_checker_commented_out():
 def test_notebook_solution_passes_its_checker(index):
     out, namespace = run_solution(NOTEBOOK, index)
     assert "correct on all 25 random cases" in out
-    assert callable(namespace[EXERCISES[index]])
+    assert callable(namespace[solution_name(EXERCISES[index])])
+    assert EXERCISES[index] not in namespace
 
 
 # -- exercise 1: the cross-entropy of the next character -----------------------------------------

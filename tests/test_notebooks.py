@@ -3,12 +3,16 @@
 nbval only compares cells that have a stored execution count, so an unexecuted notebook would pass it
 silently: these tests make sure every notebook in book/ is fully executed, in order, without errors, with
 its hidden Colab install cell first, normalized as scripts/regen_notebooks.py writes it, and listed in
-_toc.yml (and that every _toc.yml entry exists).
+_toc.yml (and that every _toc.yml entry exists); and that exercise solutions are hidden (website, Jupyter,
+Colab) and leave the learner's own answer in place when every cell is run.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib.util
+import io
 import json
 import re
 from pathlib import Path
@@ -16,6 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+
+from exercise_notebooks import STUB_MARKER, solution_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -171,3 +177,196 @@ def test_notebooks_that_train_have_a_seed_parameter(path):
     assert len(statements) == 1 and re.match(r"SEED = 0\s*(#.*)?$", statements[0]), (
         f"{path.name}: the parameters cell must hold only `SEED = 0`, got {statements}")
     assert params[0][0] < min(i for i, _, t in cells if "run-result" in t), f"{path.name}: SEED is set too late"
+
+
+# ------------------------------------------------------------------ exercises: solutions hidden, answers kept
+# An exercise is a stub cell (a function to fill in, `# your code here`, the checker call commented out),
+# then a solution cell tagged `solution`. The solution is hidden wherever the notebook is read, and it
+# defines its own names (`my_memory` -> `solution_memory`), so "Run all" never replaces the learner's
+# function. scripts/regen_notebooks.py (hide_solutions) sets the hiding; these tests guard both.
+def _python(source: str) -> ast.Module:
+    """A cell's source as Python (IPython magics turned into calls first)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return ast.parse(TransformerManager().transform_cell(source))
+
+
+def _bindings(tree: ast.Module) -> dict:
+    """The module-level names a cell binds, each with how: an import's origin, "def", "assign" or "global".
+
+    Statements at the top level (inside if/for/with/try too) bind; function, class, lambda and
+    comprehension bodies do not, except through a `global` statement.
+    """
+    out: dict = {}
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out[node.name] = "def"
+            return
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                out[a.asname or a.name.split(".")[0]] = ("import", a.name, a.asname)
+            return
+        if isinstance(node, ast.ImportFrom):
+            for a in node.names:
+                out[a.asname or a.name] = ("from", node.module, node.level, a.name)
+            return
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            out[node.id] = "assign"
+        if isinstance(node, ast.ExceptHandler) and node.name:
+            out[node.name] = "assign"
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            out.update({n: "global" for n in node.names})
+    return out
+
+
+def _free_names(tree: ast.Module) -> set:
+    """Names a cell reads that it does not bind anywhere itself (a conservative set of its inputs)."""
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    local = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    local |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+    local |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    return loaded - local - set(_bindings(tree))
+
+
+def _exercise_cells(path):
+    """(index, cell, tree, is_stub, is_solution) for every code cell of the notebook."""
+    nb = nbformat.read(path, as_version=4)
+    return [(i, c, _python(c.source), STUB_MARKER in c.source, "solution" in c.metadata.get("tags", []))
+            for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_solutions_are_hidden_on_the_website_in_jupyter_and_in_colab(path):
+    nb = nbformat.read(path, as_version=4)
+    solutions = [(i, c) for i, c in enumerate(nb.cells) if "solution" in c.metadata.get("tags", [])]
+    assert solutions, f"{path.name}: no exercise solutions (cells tagged solution)"
+    fix = f"run scripts/regen_notebooks.py book/{path.name} (hide_solutions sets it)"
+    for i, cell in solutions:
+        assert cell.cell_type == "code", f"{path.name} cell {i}: a solution must be a code cell"
+        assert "hide-input" in cell.metadata["tags"], f"{path.name} cell {i}: not collapsed on the website; {fix}"
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, (
+            f"{path.name} cell {i}: not collapsed in JupyterLab / Notebook 7 (jupyter.source_hidden); {fix}")
+        assert cell.metadata.get("cellView") == "form", f"{path.name} cell {i}: not hidden in Colab (cellView); {fix}"
+        assert cell.source.split("\n")[0] == regen.SOLUTION_TITLE, (
+            f"{path.name} cell {i}: first line must be the Colab form title {regen.SOLUTION_TITLE!r}; {fix}")
+
+
+def test_regeneration_hides_solutions_and_stays_deterministic():
+    """hide_solutions (via normalize) restores the hiding on a solution stripped of it, touches no other
+    cell, and a second pass changes nothing, byte for byte."""
+    nb = nbformat.v4.new_notebook()
+    stub = nbformat.v4.new_code_cell("def my_f(x):\n    ...  # your code here",
+                                     metadata={"jupyter": {"source_hidden": True}})
+    solution = nbformat.v4.new_code_cell("def solution_f(x):\n    return x",
+                                         metadata={"tags": ["solution"], "colab": {}})
+    titled = nbformat.v4.new_code_cell("#@title old title\nx = 1", metadata={"tags": ["solution", "hide-input"]})
+    nb.cells = [stub, solution, titled]
+    once = nbformat.writes(regen.normalize(nb, "t"))
+    twice = nbformat.writes(regen.normalize(nbformat.reads(once, as_version=4), "t"))
+    assert once == twice
+    cells = nbformat.reads(once, as_version=4).cells
+    assert cells[0].metadata == {} and cells[0].source == stub.source  # "jupyter" is dropped elsewhere
+    assert cells[1].metadata == {"tags": ["hide-input", "solution"], "jupyter": {"source_hidden": True},
+                                 "cellView": "form"}
+    assert cells[1].source == regen.SOLUTION_TITLE + "\ndef solution_f(x):\n    return x"
+    assert cells[2].metadata["tags"] == ["solution", "hide-input"]
+    assert cells[2].source == regen.SOLUTION_TITLE + "\nx = 1"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_each_solution_answers_the_stub_before_it_under_its_own_name(path):
+    cells = _exercise_cells(path)
+    stub = None
+    for i, cell, tree, is_stub, is_solution in cells:
+        if is_stub:
+            assert not is_solution, f"{path.name} cell {i}: a stub is not a solution"
+            defs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+            assert len(defs) == 1, f"{path.name} cell {i}: a stub defines one function, got {defs}"
+            calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                     and n.func.id.startswith("check_")]
+            assert not calls and "# check_" in cell.source, (
+                f"{path.name} cell {i}: the stub's checker call must stay commented out")
+            stub = (i, defs[0])
+        elif is_solution:
+            assert stub is not None, f"{path.name} cell {i}: a solution without a stub cell before it"
+            bound = _bindings(tree)
+            own = solution_name(stub[1])
+            assert bound.get(own) == "def", f"{path.name} cell {i}: the solution must define {own}()"
+            calls = {n.args[0].id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                     and n.func.id.startswith("check_") and n.args and isinstance(n.args[0], ast.Name)}
+            assert calls == {own}, f"{path.name} cell {i}: the solution must check {own}, checks {calls}"
+            stub = None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_no_later_cell_rebinds_a_name_a_stub_binds(path):
+    """What the learner writes in a stub survives "Run all": no later cell binds the same names (only an
+    identical import, which binds the same object, may repeat)."""
+    cells = _exercise_cells(path)
+    stubs = [(i, _bindings(tree)) for i, _, tree, is_stub, _ in cells if is_stub]
+    assert stubs, f"{path.name}: no exercise stubs (cells with {STUB_MARKER!r})"
+    for i, stub_names in stubs:
+        for j, _, tree, _, _ in cells:
+            if j <= i:
+                continue
+            later = _bindings(tree)
+            assert "*" not in later, f"{path.name} cell {j}: a star import after the stub in cell {i}"
+            for name, how in stub_names.items():
+                if name in later:
+                    assert isinstance(how, tuple) and later[name] == how, (
+                        f"{path.name}: cell {j} rebinds {name!r}, which the stub in cell {i} defines "
+                        f"(solutions define names of their own: notes/CHAPTERS.md)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_later_cells_do_not_depend_on_what_only_a_solution_defines(path):
+    """A reader who skips or breaks a solution still gets the rest of the chapter: no other cell reads a
+    name whose latest binding, in cell order, is a solution cell's."""
+    binder: dict = {}  # name -> (cell index, bound by a solution, how)
+    for i, _, tree, _, is_solution in _exercise_cells(path):
+        if not is_solution:
+            from_solution = {n: binder[n][0] for n in _free_names(tree) if n in binder and binder[n][1]}
+            assert not from_solution, f"{path.name} cell {i} reads names only a solution cell binds: {from_solution}"
+        for name, how in _bindings(tree).items():
+            if name in binder and binder[name][2] == how and is_solution:
+                continue  # the same import again: the earlier cell still provides it
+            binder[name] = (i, is_solution, how)
+
+
+# Cheap notebooks (their checkers take well under a second): exec the exercise section the way "Run all" does.
+RUN_ALL_NOTEBOOKS = [BOOK / "intro.ipynb", BOOK / "attention_to_recurrence.ipynb", BOOK / "decay.ipynb"]
+
+
+@pytest.mark.parametrize("path", RUN_ALL_NOTEBOOKS, ids=_id)
+def test_running_every_cell_keeps_the_learners_answer(path):
+    """Exec every code cell from the first stub to the end in one namespace, each stub's function replaced
+    by the learner's answer (a sentinel): afterwards the sentinels are still there, and each solution
+    ran its checker on its own function (a solution checking the sentinel would fail its checker)."""
+    cells = _exercise_cells(path)
+    first = min(k for k, (_, _, _, is_stub, _) in enumerate(cells) if is_stub)
+    namespace: dict = {}
+    answers = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for i, cell, tree, is_stub, _ in cells[first:]:
+            exec(compile(tree, f"{path.name}[cell {i}]", "exec"), namespace)
+            if is_stub:
+                (name,) = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+
+                def learners_answer(*args, **kwargs):
+                    return "the learner's answer"
+
+                namespace[name] = answers[name] = learners_answer
+    assert answers
+    for name, answer in answers.items():
+        assert namespace[name] is answer, f"{path.name}: running the cells after the stub replaced {name}"
+        assert callable(namespace[solution_name(name)]) and namespace[solution_name(name)] is not answer
+    assert out.getvalue().count("correct on all") == len(answers), out.getvalue()
