@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .layers import MultiScaleRetention
 from .model import RetNetConfig, RetNetLM, RetNetState
-from .retention import chunkwise_retention, parallel_retention, paper_log_decay, recurrent_retention
+from .retention import chunkwise_retention, parallel_retention, paper_log_decay, recurrent_retention, state_dtype
 from .transformer import CausalSelfAttention, KVCache, TransformerConfig, TransformerLM
 
 BENCH_CONFIG = dict(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
@@ -84,7 +84,7 @@ def _retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
     g = torch.Generator(device=model.embed.weight.device).manual_seed(0)
     shape = model.blocks[0].retention.state_shape(batch)
     p = model.embed.weight
-    return RetNetState([torch.randn(shape, generator=g, device=p.device, dtype=p.dtype) * 0.01
+    return RetNetState([torch.randn(shape, generator=g, device=p.device, dtype=state_dtype(p.dtype)) * 0.01
                         for _ in model.blocks], context)
 
 
