@@ -19,6 +19,7 @@ from retnet_mini import (
     state_dtype,
 )
 from retnet_mini.layers import projection_dtype
+from retnet_mini.tasks import add_token_shift
 
 HALF = (torch.bfloat16, torch.float16)
 REL_TOL = {torch.bfloat16: 0.04, torch.float16: 0.004}
@@ -158,3 +159,36 @@ def test_projection_dtype():
         assert projection_dtype(x) == torch.bfloat16
         assert projection_dtype(x.double()) == torch.float64 == torch.nn.Linear(3, 1).double()(x.double()).dtype
     assert projection_dtype(x.double()) == torch.float64
+
+
+MODELS = {
+    "retnet": lambda: retnet("paper"),
+    "retnet + token shift": lambda: add_token_shift(retnet("paper")),
+    "transformer": lambda: TransformerLM(TransformerConfig(vocab_size=VOCAB, d_model=32, n_heads=4, n_layers=2)),
+    "transformer + token shift": lambda: add_token_shift(
+        TransformerLM(TransformerConfig(vocab_size=VOCAB, d_model=32, n_heads=4, n_layers=2))),
+}
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_a_step_under_autocast(name, dtype, tokens):
+    """Forward, backward and an optimizer step (float16 through a GradScaler) for every model the book
+    trains, including the limits chapter's token-shift variants."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    with torch.no_grad():
+        ref = model(tokens)[0]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    with torch.autocast("cpu", dtype=dtype):
+        logits = model(tokens)[0]
+    assert rel_max_err(logits, ref) < REL_TOL[dtype]
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.step(optimizer)
+    scaler.update()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
