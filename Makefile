@@ -31,7 +31,7 @@ NBVAL = $(PY) -m pytest --nbval --nbval-current-env --nbval-cell-timeout=$(NBVAL
 REPORTS := _build/reports
 TIMED := bash scripts/timed
 
-.PHONY: help book test unit nbval portable site site-fresh browser browser-setup regen serve screenshot clean env
+.PHONY: help book test unit nbval portable site site-fresh browser browser-setup regen serve screenshot clean env colab
 
 help:
 	@echo "make book        create .venv if needed, install the toolchain, build the site (_build/html)"
@@ -43,6 +43,7 @@ help:
 	@echo "make site-fresh  build the site re-executing every notebook (a failing cell fails the build)"
 	@echo "make browser     headless Chromium over every page of the built site, offline"
 	@echo "make regen       regenerate stored notebook outputs (NOTEBOOKS=book/x.ipynb for one)"
+	@echo "make colab       rehearse Colab offline: install cell, ipywidgets 7.7.1, every notebook (COLAB_FLAGS=--working-tree)"
 	@echo "make serve       serve _build/html on http://127.0.0.1:$(PORT)"
 	@echo "make screenshot  refresh docs/screenshot.png from the browser test's screenshot"
 
@@ -104,6 +105,15 @@ browser-setup: env
 browser: browser-setup
 	@mkdir -p $(REPORTS)
 	$(PY) -m pytest tests/browser -m browser -q -p no:cacheprovider --junitxml=$(REPORTS)/browser.xml
+
+# ------------------------------------------------------------------ Colab rehearsal (not in `make test`)
+# A fresh venv with what Colab has (TORCH_SPEC, ipywidgets 7.7.1, matplotlib, numpy, tqdm, a kernel), a stub
+# google.colab and git redirecting repository.url to a snapshot of this checkout: each notebook's own install
+# cell installs the package, then the notebook runs outside the checkout. Needs no .venv and no network but
+# the package index. COLAB_FLAGS=--working-tree rehearses uncommitted work; see scripts/colab_rehearsal.py.
+COLAB_FLAGS ?=
+colab:
+	$(PYTHON) scripts/colab_rehearsal.py --torch-spec "$(TORCH_SPEC)" $(COLAB_FLAGS)
 
 # ------------------------------------------------------------------ helpers
 regen: env

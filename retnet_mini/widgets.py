@@ -5,7 +5,15 @@ kernel that is not there. So :func:`frame_explorer` draws every view *ahead of t
 ``draw(value)`` once per value, renders each figure to a small PNG, stacks the PNGs in one
 ``ipywidgets.Stack`` and drives which one is visible with a slider through ``ipywidgets.jslink``. The
 images and the links are saved in the notebook's widget state and the links run in the browser's JavaScript,
-so the control works in JupyterLab, in Colab and in the built book alike.
+so the control works in JupyterLab and in the built book alike, with or without a kernel.
+
+On ipywidgets 7 (Colab's ipywidgets has long been 7.7.1), which has no ``Stack``, each stack is a plain
+``Box`` whose children the *kernel* shows and hides (:class:`KernelSwitch`), driven through
+``ipywidgets.link`` (kernel-side) instead of ``jslink``. Colab always has a live kernel, and this path avoids
+the two things Colab's ipywidgets-7 front end has been known to get wrong: ``Tab`` rendering (all children
+in the first tab, googlecolab/colabtools#1446; tabs not shown in Chrome, #3105, open) and ``jslink``
+(#1612, whose workaround is ``link``). A notebook that was *executed* under ipywidgets 7 therefore needs a
+kernel to switch frames; the website is built with ipywidgets 8 and keeps the kernel-free path.
 
 Several parameters (say heads x schedule) use nested stacks, because ``jslink`` can only copy one integer
 to another: the outer stack holds one inner stack per value of the first parameter; the first slider is
@@ -33,6 +41,7 @@ from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence,
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import traitlets
 from IPython.display import Image, display
 from ipywidgets.embed import dependency_state
 from ipywidgets.widgets.widget_link import Link  # the class jslink returns (ipywidgets 7 and 8)
@@ -41,12 +50,37 @@ from matplotlib.figure import Figure
 Values = Union[Sequence[Any], Mapping[str, Sequence[Any]]]
 Control = Union[widgets.SelectionSlider, widgets.ToggleButtons]  # both sync the chosen position as `index`
 
-# Tab is the ipywidgets 7 stand-in for Stack (Colab has shipped 7). Its tab bar would offer a second,
-# unlinked way to switch frames, so we hide it, and its frame border; the class names cover ipywidgets 7
-# (phosphor) and 8 (lumino).
-_HIDE_TABS = ("<style>.retnet-frames > .widget-tab-bar, .retnet-frames > .p-TabBar, "
-              ".retnet-frames > .lm-TabBar {display: none !important;} .retnet-frames > "
-              ".widget-tab-contents {border: none !important; padding: 0 !important;}</style>")
+
+
+class KernelSwitch(widgets.Box):
+    """The ipywidgets 7 stand-in for ``Stack``: a Box that shows only ``children[selected_index]``.
+
+    ``selected_index`` is a kernel-side trait (not synced): changing it, e.g. through ``ipywidgets.link``
+    from a slider's ``index``, sets ``layout.display`` of every child, which the front end renders. So each
+    child needs a Layout of its own. Plain Box and Layout models are all the front end needs.
+    """
+    selected_index = traitlets.Int(0)
+
+    def __init__(self, children: Sequence[widgets.Widget] = (), selected_index: int = 0, **kwargs: Any):
+        super().__init__(children, **kwargs)
+        self.selected_index = selected_index
+        self._show()
+
+    @traitlets.observe("selected_index", "children")
+    def _on_selected(self, change: Any) -> None:
+        self._show()
+
+    def _show(self) -> None:
+        for i, child in enumerate(self.children):
+            display_value = None if i == self.selected_index else "none"
+            if child.layout.display != display_value:
+                child.layout.display = display_value
+
+    @property
+    def shown(self) -> Optional[widgets.Widget]:
+        """The child on screen (None if ``selected_index`` is out of range)."""
+        visible = [c for c in self.children if c.layout.display != "none"]
+        return visible[0] if len(visible) == 1 else None
 
 
 class Frame(NamedTuple):
@@ -134,14 +168,17 @@ class FrameExplorer(widgets.VBox):
 
     Attributes (for tests and notebooks): ``controls`` (per parameter, a SelectionSlider, or
     ToggleButtons for non-numeric values, whose ``index`` is the position of the value shown),
-    ``play`` (a Play widget or None), ``stacks`` (per parameter, the Stack/Tab widgets its control
-    switches), ``links`` (the jslink objects), ``frames`` (all frames, in ``itertools.product`` order),
-    ``nbytes`` (bytes its widget state adds to the notebook).
+    ``play`` (a Play widget or None), ``stacks`` (per parameter, the Stack widgets its control
+    switches; :class:`KernelSwitch` boxes on ipywidgets 7), ``links`` (the jslink objects; kernel-side
+    ``link`` objects on ipywidgets 7), ``in_browser`` (True when the links run in the browser, i.e. the
+    explorer works with no kernel), ``frames`` (all frames, in ``itertools.product`` order), ``nbytes``
+    (bytes its widget state adds to the notebook).
     """
     controls: List[Control]
     play: Optional[widgets.Play]
     stacks: List[List[widgets.Widget]]
-    links: List[Link]
+    links: List[Union[Link, traitlets.link]]
+    in_browser: bool
     frames: List[Frame]
     nbytes: int
 
@@ -176,9 +213,14 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
     has_stack = hasattr(widgets, "Stack")  # ipywidgets >= 8; Colab has shipped 7
     stacks: List[List[widgets.Widget]] = [[] for _ in params]
     frame_iter = iter(frames)  # product order = depth-first order of the nesting below
-    # Every widget saves its own Layout (~1 KB of JSON) unless given one: frames share theirs.
-    # flex-start keeps each PNG at its own size (a Tab would otherwise stretch it to full width).
-    plain, frame_layout = widgets.Layout(), widgets.Layout(align_items="flex-start")
+    # Every widget saves its own Layout (~1 KB of JSON) unless given one: under a Stack frames share theirs.
+    # flex-start keeps each PNG at its own size. A KernelSwitch hides a child through the child's own
+    # Layout, so there each child gets one.
+    plain, shared_frame_layout = widgets.Layout(), widgets.Layout(align_items="flex-start")
+
+    def frame_layout() -> widgets.Layout:
+        return shared_frame_layout if has_stack else widgets.Layout(align_items="flex-start")
+
     hidden = widgets.Layout(display="none")
     text_style = widgets.HTML.style.klass()  # the style class HTML uses (it differs in ipywidgets 7 and 8)
 
@@ -190,25 +232,23 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
                 parts.append(widgets.HTML(f"<pre>{html.escape(frame.text)}</pre>", layout=plain,
                                           style=text_style))
             parts.append(widgets.HTML(_label_html(frame, fmt), layout=hidden, style=text_style))
-            box = widgets.VBox(parts, layout=frame_layout)
+            box = widgets.VBox(parts, layout=frame_layout())
             box.add_class("retnet-frame")
             return box
         children = [build(level + 1) for _ in params[level][1]]
         if has_stack:
             box = widgets.Stack(children, selected_index=0)
         else:
-            box = widgets.Tab(children, selected_index=0)
-            box.add_class("retnet-frames")
-            for i, v in enumerate(params[level][1]):
-                box.set_title(i, fmt(v))  # if the tab bar shows anyway, its titles still say the value
+            box = KernelSwitch(children, selected_index=0, layout=widgets.Layout())
         stacks[level].append(box)
         return box
 
     root = build(0)
     controls = [_control(n, [(fmt(v), i) for i, v in enumerate(vs)], vs) for n, vs in params]
     # One link per (slider, stack): bidirectional, so the slider also follows a stack changed from Python.
-    links = [widgets.jslink((c, "index"), (s, "selected_index")) for c, level in zip(controls, stacks)
-             for s in level]
+    # In the browser (jslink, saved in the widget state) where there is a Stack; in the kernel otherwise.
+    link = widgets.jslink if has_stack else widgets.link
+    links = [link((c, "index"), (s, "selected_index")) for c, level in zip(controls, stacks) for s in level]
     player, which = None, None
     if play is not False:
         names = [n for n, _ in params]
@@ -217,19 +257,18 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
         which = controls[0 if play is True else names.index(play)]
     if which is not None and len(which.options) > 1:  # nothing to play over a single value
         player = widgets.Play(min=0, max=len(which.options) - 1, value=0, interval=interval)
-        links.append(widgets.jslink((player, "value"), (which, "index")))
+        links.append(link((player, "value"), (which, "index")))
 
     # The played slider sits next to its Play button; the other sliders each get a row.
     rows = [widgets.HBox([player, c]) if player is not None and c is which else c for c in controls]
     children: List[widgets.Widget] = [*rows, root]
-    if not has_stack:
-        children.append(widgets.HTML(_HIDE_TABS))
     if live is not None:
         children.append(live_view(draw, live, name, fmt=fmt))
 
     box = FrameExplorer(children)
     box.add_class("retnet-explorer")
     box.controls, box.play, box.stacks, box.links, box.frames = controls, player, stacks, links, frames
+    box.in_browser = has_stack
     # What the notebook (and the web page) really stores: every model's JSON, defaults included as
     # nbclient saves them, PNGs in base64: ~3 KB per frame over the PNGs, plus ~10 KB. (Not counted:
     # the figure a live view's Output holds, which only the frontend knows.)

@@ -1,4 +1,8 @@
-"""Unit tests of retnet_mini.widgets: frames, jslinks, ipywidgets 7 and 8, labels, errors, determinism."""
+"""Unit tests of retnet_mini.widgets: frames, jslinks, ipywidgets 7 and 8, labels, errors, determinism.
+
+The suite runs with ipywidgets 8; the ipywidgets 7 path (Colab's 7.7.1 has no Stack) is tested by removing
+``ipywidgets.Stack``, and for real by `make colab` (scripts/colab_rehearsal.py), which runs the notebooks
+under ipywidgets 7.7.1."""
 import base64
 import html
 import json
@@ -11,12 +15,17 @@ matplotlib.use("Agg")  # headless; set here only, never for the notebooks' kerne
 import ipywidgets  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import traitlets  # noqa: E402
 
+from ipywidgets.embed import dependency_state  # noqa: E402
 from ipywidgets.widgets.widget_link import Link  # noqa: E402
 
 from retnet_mini import widgets as rw  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The browser path (Stack + jslink) exists only in ipywidgets >= 8; with ipywidgets 7 these tests skip and
+# the KernelSwitch tests below test what runs.
+needs_stack = pytest.mark.skipif(not hasattr(ipywidgets, "Stack"), reason="ipywidgets 7 has no Stack")
 
 
 def draw(chunk):
@@ -45,7 +54,7 @@ def test_frames_one_per_value_and_small():
     assert 0 < e.nbytes < 1_000_000
     assert plt.get_fignums() == []  # every figure closed: nothing leaks into the notebook
     stack = e.stacks[0][0]
-    assert isinstance(stack, getattr(ipywidgets, "Stack", ipywidgets.Tab))  # Tab under ipywidgets 7
+    assert isinstance(stack, getattr(ipywidgets, "Stack", rw.KernelSwitch))  # KernelSwitch under ipywidgets 7
     assert [frame.children[0].value for frame in stack.children] == [f.png for f in e.frames]
 
 
@@ -65,6 +74,7 @@ def test_sliders_for_numbers_buttons_for_names():
     assert [label for label, _ in schedule.options] == ["paper", "experiments"]
 
 
+@needs_stack
 def test_links_wired_slider_stack_and_play():
     e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size")
     (slider,), stack = e.controls, e.stacks[0][0]
@@ -140,20 +150,84 @@ def test_play_on_named_parameter_or_none():
         rw.frame_explorer(draw2, {"heads": [2], "schedule": ["a"]}, play="layers")
 
 
-def test_ipywidgets7_falls_back_to_tab(monkeypatch):
+def shown_frame(e):
+    """The frame box on screen: follow each stack's selected child (Stack) or its shown one (KernelSwitch)."""
+    node = e.stacks[0][0]
+    while not ("retnet-frame" in node._dom_classes):
+        if isinstance(node, rw.KernelSwitch):
+            node = node.shown
+            assert node is not None, "a KernelSwitch shows no child, or more than one"
+        else:
+            node = node.children[node.selected_index]
+    return node
+
+
+def emulate_jslinks(e):
+    """Do in Python what the browser does with the explorer's jslinks (a two-way copy of one trait)."""
+    assert e.in_browser and all(isinstance(link, Link) for link in e.links)
+    return [traitlets.link(link.source, link.target) for link in e.links]
+
+
+@needs_stack
+def test_moving_controls_switches_frames_in_the_browser():
+    e = rw.frame_explorer(draw2, {"heads": [2, 4, 8], "schedule": ["paper", "experiments"]})
+    heads, schedule = e.controls
+    emulate_jslinks(e)
+    assert frame_label(shown_frame(e))[1] == "heads=2, schedule='paper'"
+    heads.index = 2
+    assert frame_label(shown_frame(e))[1] == "heads=8, schedule='paper'"
+    schedule.index = 1
+    assert frame_label(shown_frame(e))[1] == "heads=8, schedule='experiments'"
+    e.play.value = 1  # Play drives the first slider
+    assert heads.index == 1 and frame_label(shown_frame(e))[1] == "heads=4, schedule='experiments'"
+
+
+def test_ipywidgets7_switches_frames_in_the_kernel(monkeypatch):
     monkeypatch.delattr(ipywidgets, "Stack", raising=False)  # ipywidgets 7 (Colab) has no Stack
-    e = rw.frame_explorer(draw2, {"heads": [2, 4], "schedule": ["paper", "experiments"]})
+    e = rw.frame_explorer(draw2, {"heads": [2, 4, 8], "schedule": ["paper", "experiments"]},
+                          fmt=lambda v: f"{v} heads" if isinstance(v, int) else v)
+    heads, schedule = e.controls
+    assert not e.in_browser
+    # Only models ipywidgets 7's front end has: Box, Layout, ... (no Stack, no Tab, no jslink)
     for level in e.stacks:
-        for tab in level:
-            assert type(tab) is ipywidgets.Tab and "retnet-frames" in tab._dom_classes
-            assert tab.selected_index == 0
-    inner = e.stacks[1][0]
-    assert [inner.get_title(i) for i in range(2)] == ["paper", "experiments"]
-    assert frame_label(inner.children[1]) == (["2", "experiments"], "heads=2, schedule='experiments'")
-    pairs = [linked(link) for link in e.links]
-    assert ((e.controls[0], "index"), (e.stacks[0][0], "selected_index")) in pairs
-    style = e.children[-1]  # hides the tab bar, the second unlinked way to switch frames
-    assert isinstance(style, ipywidgets.HTML) and ".retnet-frames" in style.value
+        for switch in level:
+            assert type(switch) is rw.KernelSwitch and switch._model_name == "BoxModel"
+            # each child is hidden through its own Layout
+            assert len({id(child.layout) for child in switch.children}) == len(switch.children)
+    models = {m["model_name"] for m in dependency_state(e).values()}
+    assert not models & {"StackModel", "TabModel", "LinkModel", "DirectionalLinkModel"}, models
+    assert all(isinstance(link, traitlets.link) for link in e.links)  # kernel-side links
+
+    def on_screen():
+        """Every frame with display != none along the nesting: exactly one, the one we expect."""
+        shown = [(i, j) for i, inner in enumerate(e.stacks[0][0].children) if inner.layout.display != "none"
+                 for j, frame in enumerate(inner.children) if frame.layout.display != "none"]
+        assert len(shown) == 1, shown
+        return frame_label(shown_frame(e))
+
+    assert on_screen() == (["2 heads", "paper"], "heads=2, schedule='paper'")
+    heads.index = 2  # what a reader's drag sends to the kernel
+    assert on_screen() == (["8 heads", "paper"], "heads=8, schedule='paper'")
+    schedule.index = 1
+    assert on_screen() == (["8 heads", "experiments"], "heads=8, schedule='experiments'")
+    assert all(inner.selected_index == 1 for inner in e.stacks[1])  # every inner switch follows
+    heads.index = 0
+    assert on_screen() == (["2 heads", "experiments"], "heads=2, schedule='experiments'")
+    e.play.value = 1  # Play drives the first control, through the kernel too
+    assert heads.index == 1 and on_screen()[1] == "heads=4, schedule='experiments'"
+    e.stacks[0][0].selected_index = 2  # two-way: the control follows a switch set from Python
+    assert heads.index == 2
+
+
+def test_ipywidgets7_single_parameter(monkeypatch):
+    monkeypatch.delattr(ipywidgets, "Stack", raising=False)
+    e = rw.frame_explorer(draw, [4, 8, 16], name="chunk size")
+    (slider,), switch = e.controls, e.stacks[0][0]
+    assert [c.layout.display for c in switch.children] == [None, "none", "none"]
+    slider.index = 1
+    assert [c.layout.display for c in switch.children] == ["none", None, "none"]
+    assert switch.shown is switch.children[1] and frame_label(switch.shown)[1] == "chunk size=8"
+    assert 0 < e.nbytes < 1_000_000 and len(e.frames) == 3
 
 
 def test_deterministic_png_bytes():
