@@ -22,10 +22,24 @@ from .retention import (
     state_dtype,
     update_state,
 )
-from .rotation import apply_rotation, rope_theta, rotation_tables, torchscale_theta
+from .rotation import apply_rotation, check_position, rope_theta, rotation_tables, torchscale_theta
 
 MODES = ("parallel", "recurrent", "chunkwise")
 DECAYS = ("paper", "experiment", "torchscale", "none", "single", "gated")   # see decay_schedule
+NORMS = ("layernorm", "rmsnorm")
+HEAD_NORMS = ("groupnorm", "rmsnorm", "none")
+FFNS = ("gelu", "glu")
+THETAS = ("rope", "torchscale")
+
+
+def embed_tokens(embedding: nn.Module, tokens: Tensor, previous_tokens: Optional[Tensor]) -> Tensor:
+    """``embedding(tokens)``, or for an embedding that also reads the token before each position (one
+    with ``reads_previous_token = True``, e.g. :class:`retnet_mini.tasks.TokenShiftEmbedding`)
+    ``embedding(tokens, previous_tokens)``, where ``previous_tokens: (B, 1)`` is the token before
+    ``tokens[:, 0]`` (None at the start of a sequence). Shared by both language models."""
+    if getattr(embedding, "reads_previous_token", False):
+        return embedding(tokens, previous_tokens)
+    return embedding(tokens)
 
 
 class RMSNorm(nn.Module):
@@ -98,6 +112,7 @@ def rescale_factors(log_decay: Tensor, offset: int, length: int) -> Tensor:
     gamma = 1), so dividing the whole row is the same as scaling the output at ``n``. Returns ``(H, T, 1)``
     for absolute positions ``offset .. offset + length - 1``.
     """
+    check_position("offset", offset)
     n_plus_1 = torch.arange(offset + 1, offset + length + 1, device=log_decay.device, dtype=log_decay.dtype)
     ld = log_decay[:, None]
     # -expm1(n ln g) / -expm1(ln g) is the geometric sum without cancellation when gamma is near 1.

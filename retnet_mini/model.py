@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -9,18 +11,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import DECAYS, MODES, RetNetBlock, make_norm, projection_dtype
+from .layers import (
+    DECAYS, FFNS, HEAD_NORMS, MODES, NORMS, THETAS, RetNetBlock, embed_tokens, make_norm, projection_dtype,
+)
 from .retention import state_dtype
-from .rotation import rotation_tables
+from .rotation import check_position, rotation_tables
 
 
-@dataclass
+# ---------------------------------------------------------------------------------------------
+# Argument checks shared by the configs of both models.
+# ---------------------------------------------------------------------------------------------
+def check_flag(name: str, value) -> bool:
+    """A real bool: ``bias="no"`` is a non-empty string, so truthy; it must not quietly mean True."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(name: str, value, allowed: Tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_eps(name: str, value) -> float:
+    """A norm's epsilon: a finite real number >= 0 (NaN would pass a plain ``value < 0`` test)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
 class RetNetConfig:
     """Shape and design choices of a :class:`RetNetLM`.
 
     ``d_model`` is split into ``n_heads`` key heads (key head dim ``d_model / n_heads``); ``value_dim`` is
     the total value width (the paper: ``2 * d_model``); ``ffn_dim`` the FFN's inner width (the paper:
     ``2 * d_model``). Use the presets :meth:`paper` and :meth:`torchscale` rather than this directly.
+
+    Frozen: a model keeps its config, and a field changed afterwards would make the two disagree (or the
+    config invalid); :func:`replace_config` makes a changed copy, validated again.
     """
 
     vocab_size: int
@@ -43,13 +73,18 @@ class RetNetConfig:
 
     def __post_init__(self) -> None:
         if self.value_dim is None:
-            self.value_dim = 2 * self.d_model
+            object.__setattr__(self, "value_dim", 2 * self.d_model)
         if self.ffn_dim is None:
-            self.ffn_dim = 2 * self.d_model
+            object.__setattr__(self, "ffn_dim", 2 * self.d_model)
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "value_dim", "ffn_dim", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RetNetConfig.{name} must be a positive int, got {value!r}")
+        for name in ("bias", "gate", "rescale", "tie_embeddings"):
+            check_flag(f"RetNetConfig.{name}", getattr(self, name))
+        for name, allowed in (("norm", NORMS), ("head_norm", HEAD_NORMS), ("ffn", FFNS), ("theta", THETAS)):
+            check_choice(f"RetNetConfig.{name}", getattr(self, name), allowed)
+        check_eps("RetNetConfig.norm_eps", self.norm_eps)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(
                 f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads of even size "
@@ -57,8 +92,6 @@ class RetNetConfig:
             )
         if self.value_dim % self.n_heads:
             raise ValueError(f"value_dim ({self.value_dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.norm_eps < 0:
-            raise ValueError(f"norm_eps must be >= 0, got {self.norm_eps}")
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
         if self.decay == "gated" and self.rescale:
@@ -94,15 +127,25 @@ class RetNetConfig:
 class RetNetState:
     """What the model carries between calls: one retention state per layer and the position reached.
 
-    ``layers[i]``: ``(B, H, d_k, d_v)`` (``d_v + 1`` with rescaling); ``offset``: tokens seen so far.
+    ``layers[i]``: ``(B, H, d_k, d_v)`` (``d_v + 1`` with rescaling); ``offset``: tokens seen so far, an int
+    >= 0. ``last_tokens``: ``(B, 1)``, the last token seen, kept only for a model whose embedding reads
+    the previous token (a token shift, :class:`retnet_mini.tasks.TokenShiftEmbedding`); None otherwise.
     Its size does not depend on ``offset``: that is RetNet's O(1) inference memory.
     """
 
     layers: List[Tensor]
     offset: int
+    last_tokens: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        check_position("RetNetState.offset", self.offset)
+        if not isinstance(self.layers, (list, tuple)):
+            raise ValueError(f"RetNetState.layers must be a list of tensors, got {type(self.layers).__name__}")
 
     def nbytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self.layers)
+        """Bytes of the layer states (plus ``last_tokens`` when kept)."""
+        extra = 0 if self.last_tokens is None else self.last_tokens.numel() * self.last_tokens.element_size()
+        return sum(s.numel() * s.element_size() for s in self.layers) + extra
 
 
 class RetNetLM(nn.Module):
@@ -141,7 +184,7 @@ class RetNetLM(nn.Module):
         """The forward pass without argument checks; ``inplace`` (recurrent mode, no autograd) updates the
         layer states of ``state`` in place: for decoding loops that own their state."""
         offset = 0 if state is None else state.offset
-        x = self.embed(tokens)
+        x = embed_tokens(self.embed, tokens, None if state is None else state.last_tokens)
         # every layer rotates by the same theta: compute the cos/sin tables once
         rotation = rotation_tables(self.blocks[0].retention.theta, offset, tokens.shape[1],
                                    state_dtype(projection_dtype(x)), x.device)   # see MultiScaleRetention
@@ -150,13 +193,15 @@ class RetNetLM(nn.Module):
             x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size, inplace, rotation)
             new_states.append(s)
         logits = self.lm_head(self.final_norm(x))
-        return logits, RetNetState(new_states, offset + tokens.shape[1])
+        return logits, RetNetState(new_states, offset + tokens.shape[1], last_tokens_for(self.embed, tokens))
 
     def _check_forward_args(self, tokens, mode, state, chunk_size) -> None:
         if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
             got = f"shape {tuple(tokens.shape)}, dtype {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an int64 tensor of shape (B, T), got {got}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+        if tokens.shape[0] < 1 or tokens.shape[1] < 1:
+            raise ValueError(f"tokens must have B >= 1 and T >= 1, got shape {tuple(tokens.shape)}")
+        if (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
             raise ValueError(
                 f"tokens must be ids in [0, {self.config.vocab_size}) (vocab_size), got values in "
                 f"[{tokens.min().item()}, {tokens.max().item()}]"
@@ -165,15 +210,18 @@ class RetNetLM(nn.Module):
             raise ValueError(f"tokens are on {tokens.device} but the model is on {self.embed.weight.device}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
             raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
         if state is not None:
             if not isinstance(state, RetNetState) or len(state.layers) != self.config.n_layers:
                 raise ValueError(f"state must be a RetNetState with {self.config.n_layers} layer states (or None)")
+            check_position("state.offset", state.offset)      # it may have been changed after it was made
             want = self.blocks[0].retention.state_shape(tokens.shape[0])
             for i, s in enumerate(state.layers):
-                if tuple(s.shape) != want:
-                    raise ValueError(f"state.layers[{i}] must have shape {want}, got {tuple(s.shape)}")
+                if not isinstance(s, Tensor) or tuple(s.shape) != want:
+                    got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                    raise ValueError(f"state.layers[{i}] must have shape {want}, got {got}")
+            check_last_tokens(self.embed, state, tokens)
 
     def init_state(self, batch_size: int) -> RetNetState:
         """An empty history (all-zero states), equivalent to ``state=None``; float32 for a half-precision
@@ -228,27 +276,68 @@ class RetNetLM(nn.Module):
         return _from_torchscale(cls, state_dict, official_config)
 
 
+def last_tokens_for(embedding: nn.Module, tokens: Tensor) -> Optional[Tensor]:
+    """What a state keeps of ``tokens (B, T)`` for the embedding: the last token ``(B, 1)`` if the embedding
+    reads the previous token (a token shift), else None."""
+    return tokens[:, -1:].clone() if getattr(embedding, "reads_previous_token", False) else None
+
+
+def check_last_tokens(embedding: nn.Module, state, tokens: Tensor) -> None:
+    """A state continued by a token-shift model must carry its last token (see :class:`RetNetState`)."""
+    if not getattr(embedding, "reads_previous_token", False) or state.offset == 0:
+        return
+    last = state.last_tokens
+    if last is None:
+        raise ValueError(
+            f"this model's embedding reads the token before each position (a token shift), but the state "
+            f"(offset {state.offset}) carries no last_tokens: continue only states this model returned"
+        )
+    if not isinstance(last, Tensor) or last.shape != (tokens.shape[0], 1) or last.dtype != tokens.dtype:
+        got = f"shape {tuple(last.shape)}, dtype {last.dtype}" if isinstance(last, Tensor) else type(last).__name__
+        raise ValueError(f"state.last_tokens must be a ({tokens.shape[0]}, 1) {tokens.dtype} tensor, got {got}")
+
+
 def check_generate_args(prompt_tokens, max_new_tokens, temperature, top_k, vocab_size) -> None:
     """Shared by RetNetLM and TransformerLM: clear errors for bad generation arguments."""
     if not isinstance(prompt_tokens, Tensor) or prompt_tokens.ndim != 2 or prompt_tokens.shape[1] < 1:
         raise ValueError("prompt_tokens must be an int64 tensor of shape (B, T) with T >= 1")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be None or an int in [1, {vocab_size}], got {top_k!r}")
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature) or temperature < 0):
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 for greedy decoding, 1 to sample from the model's "
+            f"distribution), got {temperature!r}"
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or not 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k must be None or an int in [1, {vocab_size}] (vocab_size), got {top_k!r}")
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
-    """``logits: (B, V)`` -> ``(B,)`` next ids: greedy at temperature 0, else top-k sampling."""
+    """``logits: (B, V)`` -> ``(B,)`` next ids: greedy at temperature 0, else top-k sampling.
+
+    The logits are shifted so that each row's largest is 0 before dividing by the temperature: a tiny temperature then sends the others to ``-inf`` (sampling becomes greedy, ties drawn at
+    random) instead of overflowing to ``inf`` and a NaN distribution.
+    """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    raw = logits
+    # divided in float64 (a temperature of 1e-300 is not 0 there), sampled in float32 as before
+    logits = logits.double()
+    logits = ((logits - logits.amax(-1, keepdim=True)) / float(temperature)).float()
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+    try:
+        return torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+    except RuntimeError:   # a NaN or +inf logit (a diverged model) reaches the sampler
+        if not (raw.isnan() | raw.isposinf()).any():
+            raise
+        raise FloatingPointError(
+            "the model's logits contain NaN or +inf, so no token can be sampled; check the model's weights "
+            "and inputs"
+        ) from None
 
 
 def decode_loop(step, prompt_tokens, last_logits, state, max_new_tokens, temperature, top_k, generator) -> Tensor:
@@ -316,9 +405,7 @@ def _from_torchscale(cls, state_dict: dict, official_config: dict) -> RetNetLM:
             renamed[f"blocks.{i}.{ours}"] = f"layers.{i}.{theirs}"
     if config.tie_embeddings:
         renamed.pop("lm_head.weight")
-    missing = [theirs for theirs in renamed.values() if theirs not in state_dict]
-    if missing:
-        raise ValueError(f"state_dict lacks {len(missing)} official keys, e.g. {missing[:3]}; is it a RetNetDecoder's?")
+    _check_torchscale_keys(state_dict, set(renamed.values()), config)
     # Never round the weights: a float64 state dict gives a float64 model (half precision is widened).
     model.to(torch.promote_types(state_dict["embed_tokens.weight"].dtype, model.embed.weight.dtype))
     ours_sd = model.state_dict()
@@ -331,7 +418,79 @@ def _from_torchscale(cls, state_dict: dict, official_config: dict) -> RetNetLM:
             )
         converted[ours] = state_dict[theirs]
     model.load_state_dict(converted, strict=not config.tie_embeddings)
+    _check_torchscale_buffers(state_dict, model)
     return model
+
+
+# The official decoder's buffers: derived from the config, compared with ours rather than loaded.
+_TORCHSCALE_BUFFERS = ("retnet_rel_pos.angle", "retnet_rel_pos.decay")
+
+
+def _check_torchscale_keys(state_dict: dict, expected: set, config: RetNetConfig) -> None:
+    """Refuse weights the conversion would silently drop or invent: every key must be converted (or be
+    one of the official buffers, checked after loading), and every key the config needs must be there."""
+    import re
+
+    bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"state_dict must map names to tensors; not so for {bad[:3]}")
+    layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"layers\.(\d+)\.", k))}
+    if layers and max(layers) + 1 > config.n_layers:
+        raise ValueError(
+            f"the weights have {max(layers) + 1} layers (layers.0 .. layers.{max(layers)}) but decoder_layers is "
+            f"{config.n_layers}: pass decoder_layers={max(layers) + 1} (dropping layers changes every logit)"
+        )
+    missing = sorted(k for k in expected if k not in state_dict)
+    if missing:
+        raise ValueError(f"state_dict lacks {len(missing)} official keys, e.g. {missing[:3]}; is it a RetNetDecoder's?")
+    tied = config.tie_embeddings
+    unexpected = sorted(k for k in state_dict if k not in expected and k not in _TORCHSCALE_BUFFERS
+                        and not (tied and k == "output_projection.weight"))
+    if any(k.startswith("layernorm_embedding.") for k in unexpected):
+        raise ValueError(
+            "the weights have a layernorm_embedding (the official layernorm_embedding=True option: a norm "
+            "right after the token embedding), which this model does not have; converting would drop it"
+        )
+    if unexpected:
+        raise ValueError(
+            f"state_dict has {len(unexpected)} keys this conversion does not use, e.g. {unexpected[:3]}: the "
+            f"official model they come from has parts (or options) this model lacks, so its logits would differ"
+        )
+    if tied and "output_projection.weight" in state_dict:
+        out, emb = state_dict["output_projection.weight"], state_dict["embed_tokens.weight"]
+        if out.shape != emb.shape or not torch.equal(out, emb.to(out.dtype)):
+            raise ValueError(
+                "share_decoder_input_output_embed=True, but the state dict's output_projection.weight differs "
+                "from embed_tokens.weight: these weights were trained untied; pass "
+                "share_decoder_input_output_embed=False"
+            )
+
+
+def _check_torchscale_buffers(state_dict: dict, model: RetNetLM) -> None:
+    """The official decoder stores its rotation angles and ``ln(gamma)`` per head: they must be the ones
+    this model computes from the config (a head count that differs changes every decay, silently)."""
+    retention = model.blocks[0].retention
+    ours = {"retnet_rel_pos.decay": retention.log_decay.double(),
+            "retnet_rel_pos.angle": retention.theta.double().repeat_interleave(2)}
+    for key, want in ours.items():
+        if key not in state_dict:
+            continue
+        stored = state_dict[key]
+        got = stored.detach().cpu().double()
+        if got.shape != want.shape:
+            what = "one ln(gamma) per head" if key.endswith("decay") else "two angles per rotated pair"
+            raise ValueError(
+                f"{key} has shape {tuple(got.shape)}, but decoder_retention_heads={model.config.n_heads} with "
+                f"decoder_embed_dim={model.config.d_model} gives {tuple(want.shape)} ({what}): is the head "
+                f"count right?"
+            )
+        # a few units in the last place of the stored dtype (float16 weights round these buffers too)
+        rtol = 4 * torch.finfo(stored.dtype).eps if stored.is_floating_point() else 0.0
+        if not torch.allclose(got, want.cpu(), rtol=rtol, atol=1e-12):
+            raise ValueError(
+                f"{key} differs from the values torchscale 0.3.0 computes for this config (largest gap "
+                f"{(got - want.cpu()).abs().max().item():.3g}): these weights come from another schedule or version"
+            )
 
 
 def replace_config(config: RetNetConfig, **changes) -> RetNetConfig:

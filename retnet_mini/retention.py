@@ -190,6 +190,8 @@ def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Te
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
     D = _decay_factors(_positionwise(log_decay, q.shape[2]), fixed=log_decay.ndim == 1)[0]
     o = ((q @ k.transpose(-1, -2)) * D) @ v             # a fixed D broadcasts over the batch
+    if not _all_finite(o):    # a NaN or inf somewhere: keep it out of earlier positions (see _mask_future)
+        o = _mask_future(q, k, v, lambda v_: (_mask_future_scores((q @ k.transpose(-1, -2)) * D) @ v_, None))[0]
     return _from_compute_dtype(o, out_dtype, "parallel_retention")
 
 
@@ -227,7 +229,8 @@ def recurrent_retention(
     d_v = v.shape[-1]
     # Batch and heads are folded into one dim so each step is two small 3-D batched products (4-D
     # broadcasting matmuls are much slower for one query row on CPU).
-    S = _initial_state(state, B, H, d_k, d_v, q).view(B * H, d_k, d_v)
+    # reshape: an expanded (stride-0) state is copied here, never written through (inplace needs contiguous)
+    S = _initial_state(state, B, H, d_k, d_v, q).reshape(B * H, d_k, d_v)
     # Per position: gamma (B*H, 1, 1), the key as a column (B*H, d_k, 1), value and query as rows (B*H, 1, d)
     if log_decay.ndim == 1:   # one gamma per head, the same at every position
         gammas = itertools.repeat(torch.exp(log_decay).expand(B, H).reshape(B * H, 1, 1), T)
@@ -283,30 +286,41 @@ def chunkwise_retention(
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
+    R = _initial_state(state, B, H, d_k, d_v, q)
+    o, R_out = _chunks(q, k, v, log_decay, chunk_size, R, careful=False)
+    if not _all_finite(o):    # a NaN or inf somewhere: keep it out of earlier positions (see _mask_future)
+        o, R_out = _mask_future(q, k, v, lambda v_: _chunks(q, k, v_, log_decay, chunk_size, R, careful=True))
+    return _from_compute_dtype(o, out_dtype, "chunkwise_retention"), R_out
+
+
+def _chunks(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, R: Tensor,
+            careful: bool) -> Tuple[Tensor, Tensor]:
+    """Eq. 7 over the whole sequence: whole chunks batched, then a short last chunk. ``careful``: zero the
+    future scores after the product (:func:`_mask_future_scores`), for inputs with a NaN or inf."""
+    B, H, T, d_k = q.shape
+    d_v = v.shape[-1]
     fixed = log_decay.ndim == 1
     a = _positionwise(log_decay, T)
-    R = _initial_state(state, B, H, d_k, d_v, q)
     C = max(1, min(chunk_size, T))
     n_full = T // C
     outputs = []
     if n_full:
         full = slice(0, n_full * C)
-        o_full, R = _full_chunks(q[:, :, full], k[:, :, full], v[:, :, full], a[:, :, full], C, R, fixed)
+        o_full, R = _full_chunks(q[:, :, full], k[:, :, full], v[:, :, full], a[:, :, full], C, R, fixed, careful)
         outputs.append(o_full)
     if T % C:  # a short last chunk of length L = T mod C: the same three terms with its own L
         tail = slice(n_full * C, T)
         qt, kt, vt = q[:, :, tail], k[:, :, tail], v[:, :, tail]
         D, xi, zeta, total = _decay_factors(a[:, :, tail], fixed)
-        outputs.append(((qt @ kt.transpose(-1, -2)) * D) @ vt + (qt * xi) @ R)
+        scores = (qt @ kt.transpose(-1, -2)) * D
+        outputs.append((_mask_future_scores(scores) if careful else scores) @ vt + (qt * xi) @ R)
         R = total * R + (kt * zeta).transpose(-1, -2) @ vt
     o = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2) if outputs else v.new_zeros(B, H, 0, d_v)
-    return (
-        _from_compute_dtype(o, out_dtype, "chunkwise_retention"),
-        R,
-    )
+    return o, R
 
 
-def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, fixed: bool) -> Tuple[Tensor, Tensor]:
+def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, fixed: bool,
+                 careful: bool = False) -> Tuple[Tensor, Tensor]:
     """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts, each chunk's contribution to the state
     and the cross parts are batched matrix products over all chunks; only the cheap state recurrence
     ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
@@ -324,7 +338,8 @@ def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, 
     contributions = scaled_keys.transpose(-1, -2) @ vc                        # U_i: (B, H, N, d_k, d_v)
     incoming, R = _incoming_states(contributions, total.expand(*total.shape[:2], N, 1, 1), R, recording)
     scores = qc @ kc.transpose(-1, -2)                                        # (B, H, N, C, C)
-    out = (scores * D if recording else scores.mul_(D)) @ vc                  # inner: (B, H, N, C, d_v)
+    scores = scores * D if recording else scores.mul_(D)
+    out = (_mask_future_scores(scores) if careful else scores) @ vc           # inner: (B, H, N, C, d_v)
     scaled_queries = qc * xi if recording else torch.mul(qc, xi, out=scaled_keys)
     # cross: out += (q * xi) @ incoming, added inside the matrix product (no separate pass over out)
     out.view(-1, C, d_v).baddbmm_(scaled_queries.view(-1, C, d_k), incoming.view(-1, d_k, d_v))
@@ -350,6 +365,48 @@ def _incoming_states(U: Tensor, decay: Tensor, R: Tensor, recording: bool) -> Tu
         for i in range(1, N):
             torch.addcmul(U[:, :, i - 1], decay[:, :, i - 1], incoming[:, :, i - 1], out=incoming[:, :, i])
     return incoming, torch.addcmul(U[:, :, -1], decay[:, :, -1], incoming[:, :, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# A NaN or inf at one position. The recurrent form never lets it reach earlier outputs; in the parallel
+# and chunkwise forms it would, through products with the zeros of D (0 * NaN = NaN): a NaN key fills
+# its whole column of scores, a NaN value enters every row of (scores @ v). Attention masks its scores
+# after the product for the same reason. Doing so costs a pass over the scores, so the forms first
+# compute as usual and redo the computation this way only when the result is not finite.
+# ---------------------------------------------------------------------------------------------
+def _all_finite(o: Tensor) -> bool:
+    """Whether ``o`` has no NaN or inf (one reduction; a sum that overflows only sends a finite result
+    down the careful path, which gives the same values). Not checked while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return True
+    return bool(torch.isfinite(o.detach().sum()))
+
+
+def _mask_future_scores(scores: Tensor) -> Tensor:
+    """``scores (..., L, L)`` with the entries above the diagonal set to 0 *after* the product with D,
+    so that a non-finite key cannot reach the queries before it."""
+    L = scores.shape[-1]
+    future = torch.ones(L, L, dtype=torch.bool, device=scores.device).triu(1)
+    return scores.masked_fill(future, 0.0)
+
+
+def _mask_future(q: Tensor, k: Tensor, v: Tensor, form) -> Tuple[Tensor, Optional[Tensor]]:
+    """Run ``form(values) -> (o, state)`` (with future scores masked) so that non-finite inputs reach only
+    the outputs the recurrent form lets them reach.
+
+    A non-finite value ``v[m, d]`` makes column ``d`` of the recurrent state non-finite from position ``m``
+    on: so ``form`` is run with those values set to 0, and column ``d`` of ``o`` from ``m`` on (and of the
+    returned state) is set to NaN afterwards. Non-finite ``q`` and ``k`` need only the masked scores.
+    """
+    bad = ~torch.isfinite(v)
+    if not bad.any():
+        return form(v)
+    o, state = form(v.masked_fill(bad, 0.0))
+    reached = bad.cumsum(dim=2) > 0                                   # (B, H, T, d_v): from m on
+    o = o.masked_fill(reached, float("nan"))
+    if state is not None:
+        state = state.masked_fill(bad.any(dim=2)[:, :, None, :], float("nan"))
+    return o, state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +439,8 @@ def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tenso
     _check_inputs(k, k, v, log_decay, state)
     k, _, v, log_decay, _ = _to_compute_dtype(k, k, v, log_decay)
     B, H, L, d_k = k.shape
+    if L == 0:                    # no positions: gamma^0 S = S
+        return _initial_state(state, B, H, d_k, v.shape[-1], k).clone()
     _, _, zeta, total = _decay_factors(_positionwise(log_decay, L), log_decay.ndim == 1)
     return total * _initial_state(state, B, H, d_k, v.shape[-1], k) + k.transpose(-1, -2) @ (v * zeta)
 

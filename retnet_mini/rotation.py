@@ -50,6 +50,15 @@ def swap_pairs(x: Tensor) -> Tensor:
     return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
+def check_position(name: str, value: object) -> int:
+    """``value`` if it is a Python int >= 0 (a position or a count of positions), else a ValueError naming
+    ``name``. Bools, floats and tensors are refused: ``torch.arange(1.5, ...)`` would quietly rotate by
+    fractional positions."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (a position), got {value!r} ({type(value).__name__})")
+    return value
+
+
 def rotation_tables(theta: Tensor, offset: int, length: int, dtype: torch.dtype,
                     device: torch.device) -> Tuple[Tensor, Tensor]:
     """The tables :func:`apply_rotation` multiplies by, for positions ``n = offset .. offset + length - 1``.
@@ -60,6 +69,8 @@ def rotation_tables(theta: Tensor, offset: int, length: int, dtype: torch.dtype,
     in float32 the sine of a phase near 65535 is off by ~3e-3. A model computes the tables once per call
     and shares them between its layers (they all use the same theta).
     """
+    check_position("offset", offset)
+    check_position("length", length)
     positions = torch.arange(offset, offset + length, device=device, dtype=torch.float64)
     phase = positions[:, None] * theta.to(device=device, dtype=torch.float64)[None, :]   # (T, d/2)
     cos, sin = phase.cos(), phase.sin()
@@ -96,6 +107,7 @@ def rotate_complex(x: Tensor, theta: Tensor, offset: int = 0) -> Tensor:
 
     ``x: (..., T, d)`` real -> ``(..., T, d)`` real, equal to ``rotate(x, theta, offset)``.
     """
+    check_position("offset", offset)
     z = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)).contiguous())           # (..., T, d/2)
     positions = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
     z = z * torch.exp(1j * positions[:, None] * theta.to(x.device, torch.float64)[None, :])

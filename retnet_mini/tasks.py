@@ -58,6 +58,22 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+def _finite(name: str, value, minimum: float = 0.0, strict: bool = False) -> float:
+    """A finite real number >= minimum (> minimum if ``strict``), else a ValueError naming ``name``."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return float(value)
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator (batches are drawn on the CPU), got one on {generator.device}")
+
+
 def _random_subsets(batch: int, population: int, size: int, generator: Optional[torch.Generator]) -> Tensor:
     """``(batch, size)``: in each row ``size`` distinct numbers from ``0 .. population - 1``, in random order."""
     return torch.rand(batch, population, generator=generator).argsort(dim=-1)[:, :size]
@@ -100,6 +116,7 @@ def mqar(
         ``inputs, targets``: ``(B, T)`` int64; ``loss_mask``: ``(B, T)`` bool with ``Q`` True per row.
     """
     B = _positive_int("batch_size", batch_size)
+    _check_generator(generator)
     N = _positive_int("num_pairs", num_pairs)
     T = _positive_int("seq_len", seq_len)
     Q = N if num_queries is None else _positive_int("num_queries", num_queries)
@@ -136,7 +153,24 @@ def mqar_layout(keys: Tensor, values: Tensor, queried: Tensor, slots: Tensor, se
     Returns:
         ``inputs, targets`` ``(B, T)`` int64 and ``loss_mask`` ``(B, T)`` bool, as :func:`mqar` describes.
     """
+    T = _positive_int("seq_len", seq_len)
+    parts = dict(keys=keys, values=values, queried=queried, slots=slots)
+    for name, t in parts.items():
+        if not isinstance(t, Tensor) or t.ndim != 2 or t.dtype != torch.long:
+            got = f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 2-D int64 tensor, got {got}")
     B, N = keys.shape
+    if values.shape != (B, N) or queried.shape != slots.shape or queried.shape[0] != B:
+        raise ValueError(
+            f"keys and values must both be (B, N), queried and slots both (B, Q); got keys {tuple(keys.shape)}, "
+            f"values {tuple(values.shape)}, queried {tuple(queried.shape)}, slots {tuple(slots.shape)}"
+        )
+    if queried.numel() and (queried.min() < 0 or queried.max() >= N):
+        raise ValueError(f"queried must hold pair indices in [0, {N}), got values in "
+                         f"[{queried.min().item()}, {queried.max().item()}]")
+    if slots.numel() and (slots.min() < 0 or 2 * N + 2 * slots.max() + 1 > T):
+        raise ValueError(f"slots must be >= 0 with 2N + 2 slot + 1 <= seq_len ({T}), i.e. slot <= "
+                         f"{(T - 1) // 2 - N}; got values in [{slots.min().item()}, {slots.max().item()}]")
     seq = torch.full((B, seq_len + 1), FILLER, dtype=torch.long, device=keys.device)
     seq[:, 0:2 * N:2], seq[:, 1:2 * N:2] = keys, values                     # k_1 v_1 ... k_N v_N
     query_pos = 2 * N + 2 * slots                                          # (B, Q) where the queries go
@@ -167,6 +201,7 @@ def copy_task(
         ``inputs, targets``: ``(B, 2L)`` int64; ``loss_mask``: ``(B, 2L)`` bool with ``L`` True per row.
     """
     B = _positive_int("batch_size", batch_size)
+    _check_generator(generator)
     L = _positive_int("string_length", string_length)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an int >= 2 (the separator and at least one symbol), got {vocab_size!r}")
@@ -217,17 +252,30 @@ class TokenShiftEmbedding(nn.Embedding):
     (a width-2 convolution over embeddings). ``weight`` is ``E`` (shared with a tied output layer),
     ``previous`` is ``P``.
 
-    For whole sequences only: a call that continues a state does not know the token before its first one.
+    A call that continues a state needs the token before its first one: the models keep it in their
+    state (``RetNetState.last_tokens``, ``KVCache.last_tokens``) because this embedding says
+    ``reads_previous_token = True``, so prefill-then-continue and ``generate`` equal the full forward.
     """
+
+    reads_previous_token = True     # the models look for this flag (retnet_mini.layers.embed_tokens)
 
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__(num_embeddings, embedding_dim)
         self.previous = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
         nn.init.normal_(self.previous, std=embedding_dim ** -0.5)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        previous = F.embedding(tokens[:, :-1], self.previous)               # (B, T - 1, d)
-        return super().forward(tokens) + F.pad(previous, (0, 0, 1, 0))      # position 0 has no predecessor
+    def forward(self, tokens: Tensor, previous_tokens: Optional[Tensor] = None) -> Tensor:
+        """``tokens: (B, T)`` -> ``(B, T, d)``; ``previous_tokens: (B, 1)``, the token before ``tokens[:, 0]``
+        (None: the sequence starts here, so position 0 has no predecessor)."""
+        if previous_tokens is None:
+            previous = F.pad(F.embedding(tokens[:, :-1], self.previous), (0, 0, 1, 0))
+        else:
+            if previous_tokens.shape != (tokens.shape[0], 1):
+                raise ValueError(
+                    f"previous_tokens must have shape ({tokens.shape[0]}, 1), got {tuple(previous_tokens.shape)}"
+                )
+            previous = F.embedding(torch.cat([previous_tokens, tokens[:, :-1]], dim=1), self.previous)
+        return super().forward(tokens) + previous
 
 
 def add_token_shift(model: nn.Module) -> nn.Module:
@@ -276,7 +324,17 @@ def train_on_task(
     Batches come from a CPU ``torch.Generator`` seeded with ``seed`` (the same batches on any device) and
     are moved to ``device`` (default: the model's). A non-finite loss raises ``FloatingPointError``.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(make_batch):
+        raise ValueError(f"make_batch must be a function generator -> (inputs, targets, loss_mask), got {make_batch!r}")
     _positive_int("steps", steps)
+    _finite("lr", lr, strict=True)
+    _finite("weight_decay", weight_decay)
+    _positive_int("warmup_steps", warmup_steps, minimum=0)
+    _finite("grad_clip", grad_clip, strict=True)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(dev).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -306,6 +364,8 @@ def train_on_task(
 @torch.no_grad()
 def evaluate_on_task(model: nn.Module, batch: Batch, **forward_kwargs) -> float:
     """Accuracy of ``model`` on the answers of ``batch`` (inputs, targets, loss_mask): see :func:`masked_accuracy`."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3 or not all(isinstance(t, Tensor) for t in batch):
+        raise ValueError("batch must be a tuple (inputs, targets, loss_mask) of tensors, as mqar and copy_task return")
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -11,6 +11,7 @@ removes. ``TransformerLM.matching(retnet_config)`` builds one with the RetNet's 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -18,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import make_norm, projection_dtype
-from .model import check_generate_args, decode_loop
+from .layers import embed_tokens, make_norm, projection_dtype
+from .model import (
+    check_eps, check_flag, check_generate_args, check_last_tokens, decode_loop, last_tokens_for,
+)
+from .rotation import check_position
 from .rotation import rope_theta, rotate
 
 __all__ = ["TransformerConfig", "KVCache", "TransformerLM", "matching_config"]
@@ -27,7 +31,7 @@ __all__ = ["TransformerConfig", "KVCache", "TransformerLM", "matching_config"]
 _MIN_CAPACITY = 16   # smallest buffer a growing cache allocates
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformerConfig:
     """Shape and design choices of a :class:`TransformerLM`.
 
@@ -35,7 +39,8 @@ class TransformerConfig:
     d_model``, GPT's); ``positions`` is ``"rope"`` (rotary, base ``rope_base``, no length limit) or
     ``"learned"`` (an embedding table of ``max_len`` rows). ``max_len``, when set, is the longest sequence the
     model accepts (required with learned positions). ``norm``, ``bias`` and ``norm_eps`` mean what they
-    mean in :class:`~retnet_mini.model.RetNetConfig`.
+    mean in :class:`~retnet_mini.model.RetNetConfig`. Frozen, as that one is (``dataclasses.replace``
+    makes a changed copy).
     """
 
     vocab_size: int
@@ -53,7 +58,7 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         if self.ffn_dim is None:
-            self.ffn_dim = 4 * self.d_model
+            object.__setattr__(self, "ffn_dim", 4 * self.d_model)
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "ffn_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -67,16 +72,19 @@ class TransformerConfig:
                 f"with positions='rope' the head size d_model / n_heads ({self.d_model // self.n_heads}) must be "
                 f"even (the rotation works on pairs)"
             )
-        if self.max_len is not None and (not isinstance(self.max_len, int) or self.max_len < 1):
+        for name in ("bias", "tie_embeddings"):
+            check_flag(f"TransformerConfig.{name}", getattr(self, name))
+        check_eps("TransformerConfig.norm_eps", self.norm_eps)
+        if self.max_len is not None and (not isinstance(self.max_len, int) or isinstance(self.max_len, bool)
+                                         or self.max_len < 1):
             raise ValueError(f"max_len must be a positive int or None, got {self.max_len!r}")
         if self.positions == "learned" and self.max_len is None:
             raise ValueError("positions='learned' needs max_len (the number of position embeddings)")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if not self.norm_eps >= 0:
-            raise ValueError(f"norm_eps must be >= 0, got {self.norm_eps}")
-        if not self.rope_base > 1:
-            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+        if (isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float))
+                or not math.isfinite(self.rope_base) or not self.rope_base > 1):
+            raise ValueError(f"rope_base must be a finite number > 1, got {self.rope_base!r}")
 
     @property
     def head_dim(self) -> int:
@@ -101,6 +109,10 @@ class KVCache:
     k: List[Tensor]
     v: List[Tensor]
     offset: int
+    last_tokens: Optional[Tensor] = None    # (B, 1), kept only for a token-shift embedding (as RetNetState)
+
+    def __post_init__(self) -> None:
+        check_position("KVCache.offset", self.offset)
 
     @property
     def capacity(self) -> int:
@@ -122,7 +134,8 @@ class KVCache:
     def clone(self) -> "KVCache":
         """An independent copy of the filled prefix (capacity = offset)."""
         return KVCache([t[:, :, : self.offset].clone() for t in self.k],
-                       [t[:, :, : self.offset].clone() for t in self.v], self.offset)
+                       [t[:, :, : self.offset].clone() for t in self.v], self.offset,
+                       None if self.last_tokens is None else self.last_tokens.clone())
 
 
 class CausalSelfAttention(nn.Module):
@@ -264,7 +277,7 @@ class TransformerLM(nn.Module):
     def _forward(self, tokens: Tensor, state: Optional[KVCache]) -> Tuple[Tensor, KVCache]:
         B, T = tokens.shape
         offset = 0 if state is None else state.offset
-        x = self.embed(tokens)
+        x = embed_tokens(self.embed, tokens, None if state is None else state.last_tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(offset, offset + T, device=tokens.device))
         if state is not None:
@@ -276,7 +289,7 @@ class TransformerLM(nn.Module):
             ks.append(k)
             vs.append(v)
         logits = self.lm_head(self.final_norm(x))
-        return logits, KVCache(ks, vs, offset + T)
+        return logits, KVCache(ks, vs, offset + T, last_tokens_for(self.embed, tokens))
 
     @staticmethod
     def _reserve(cache: KVCache, needed: int) -> KVCache:
@@ -292,7 +305,7 @@ class TransformerLM(nn.Module):
             new[:, :, : cache.offset] = t[:, :, : cache.offset]
             return new
 
-        return KVCache([grow(t) for t in cache.k], [grow(t) for t in cache.v], cache.offset)
+        return KVCache([grow(t) for t in cache.k], [grow(t) for t in cache.v], cache.offset, cache.last_tokens)
 
     def init_cache(self, batch_size: int, capacity: int = 0) -> KVCache:
         """An empty cache (same as ``state=None``) with room for ``capacity`` positions before it grows.
@@ -330,9 +343,8 @@ class TransformerLM(nn.Module):
                 raise ValueError(f"state must be a KVCache (or None), got {type(state).__name__}")
             if len(state.k) != c.n_layers or len(state.v) != c.n_layers:
                 raise ValueError(f"state must hold {c.n_layers} layers of k and v, got {len(state.k)} and {len(state.v)}")
-            offset = state.offset
-            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-                raise ValueError(f"state.offset must be an int >= 0, got {offset!r}")
+            offset = check_position("state.offset", state.offset)
+            check_last_tokens(self.embed, state, tokens)
             # The model's dtype, or under autocast the dtype its projections produce (the cache it returned)
             dtypes = {self.embed.weight.dtype, projection_dtype(self.embed.weight)}
             for name, tensors in (("k", state.k), ("v", state.v)):
