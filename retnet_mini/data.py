@@ -7,7 +7,8 @@ Everything here runs on a fresh machine with no network:
   never characters, so a text containing the five characters ``<bos>`` is encoded as five characters.
 - :func:`load_corpus` returns the Python language reference that ships inside every Python install
   (``pydoc_data.topics``, about 465 KB of English prose and code). A bigger corpus
-  (``"tiny-shakespeare"``) is downloaded only when asked for and the network is there.
+  (``"tiny-shakespeare"``) is downloaded only when asked for and the network is there, then cached
+  (written atomically, with its sha256 next to it, checked at every read).
 - :func:`split_train_val` keeps the last 10% (by default) as validation: contiguous, so no validation
   window overlaps a training window, and deterministic.
 - :func:`get_batch` draws random training windows with an explicit ``torch.Generator``;
@@ -19,12 +20,15 @@ Shapes: a corpus is a 1-D ``int64`` tensor ``(N,)``; a batch is ``x, y`` of shap
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import operator
 import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TypeVar
@@ -55,15 +59,21 @@ class CharTokenizer:
     (:meth:`from_text` sorts them, so the same text always gives the same ids).
 
     Round trip: ``decode(encode(s)) == s`` for every string ``s`` made of vocabulary characters.
-    ``decode`` drops ``<bos>`` and writes ``<unk>`` as :attr:`unk_char` (U+FFFD), so text with unknown
+    ``decode`` drops ``<bos>`` and writes ``<unk>`` as :attr:`unk_char`, so text with unknown
     characters does not round-trip (that is the point of ``errors="strict"``, the default).
+
+    :attr:`unk_char` is never a vocabulary character, so a decoded ``<unk>`` cannot pass for a real one:
+    it is U+FFFD (the Unicode replacement character) unless the vocabulary has U+FFFD itself (text that was
+    once decoded with errors="replace" does), and then the first code point from U+E000 (the Private Use
+    Area, which no standard text uses) that the vocabulary lacks. Hence ``encode(decode(ids),
+    errors="replace") == ids`` for every list of ids without ``<bos>``.
     """
 
     BOS = "<bos>"
     UNK = "<unk>"
     bos_id = 0
     unk_id = 1
-    unk_char = "\ufffd"  # what decode() writes for <unk>: the Unicode replacement character
+    unk_char = "\ufffd"  # what decode() writes for <unk>, unless the vocabulary has it (see __init__)
 
     def __init__(self, chars: Iterable[str]):
         chars = tuple(chars)
@@ -77,7 +87,11 @@ class CharTokenizer:
             raise ValueError(f"vocabulary has duplicate characters: {dup!r}")
         self.chars: tuple[str, ...] = chars
         self._stoi = {c: i + 2 for i, c in enumerate(chars)}
-        # id -> text; the reserved ids decode to "" (<bos>) and U+FFFD (<unk>).
+        # A decoded <unk> must not read as a character of the vocabulary (it would re-encode as that
+        # character, silently): U+FFFD if free, else the first free code point of the Private Use Area.
+        if self.unk_char in self._stoi:
+            self.unk_char = next(chr(c) for c in itertools.count(0xE000) if chr(c) not in self._stoi)
+        # id -> text; the reserved ids decode to "" (<bos>) and unk_char (<unk>).
         self._itos = ["", self.unk_char, *chars]
 
     @classmethod
@@ -131,7 +145,7 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Ids (a list or a 1-D tensor) -> text. ``<bos>`` is dropped, ``<unk>`` becomes U+FFFD."""
+        """Ids (a list or a 1-D tensor) -> text. ``<bos>`` is dropped, ``<unk>`` becomes :attr:`unk_char`."""
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1:
                 raise ValueError(f"decode takes a 1-D tensor of ids, got shape {tuple(ids.shape)}")
@@ -191,11 +205,65 @@ def _python_docs() -> str:
     return "\n".join(topics[k] for k in sorted(topics))
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Write next to the target, fsync, rename: an interrupted write never leaves a half file in the cache.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sidecar(path: Path) -> Path:
+    """Where the sha256 of a cached file is recorded when it is written (``sha256sum -c`` reads it)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_cached_shakespeare(path: Path) -> tuple[str | None, str | None]:
+    """``(text, None)`` if the cached file checks out, else ``(None, what is wrong with it)``.
+
+    Checked: the sha256 recorded next to it when it was cached (a file cached by an older version has no
+    record: it gets one now if it passes the other checks), valid UTF-8, and the known length.
+    """
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    side = _sidecar(path)
+    recorded = side.read_text(encoding="utf-8").split()[:1] if side.exists() else None
+    if recorded is not None and recorded != [digest]:
+        return None, f"its sha256 ({digest[:16]}...) is not the one recorded in {side.name} when it was cached"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"it is not valid UTF-8 (byte {exc.start})"
+    if len(text) != _SHAKESPEARE_CHARS:
+        return None, f"it has {len(text):,} characters, tiny-shakespeare has {_SHAKESPEARE_CHARS:,}"
+    if recorded is None:
+        with contextlib.suppress(OSError):  # a read-only cache still reads; it just stays unrecorded
+            _write_atomically(side, f"{digest}  {path.name}\n".encode())
+    return text, None
+
+
 def _tiny_shakespeare(download: bool, cache_dir: str | os.PathLike | None, timeout: float) -> str:
     path = _cache_dir(cache_dir) / "tiny-shakespeare.txt"
     if path.exists():
-        return path.read_text(encoding="utf-8")
-    if not download:
+        text, problem = _read_cached_shakespeare(path)
+        if problem is None:
+            return text
+        if not download:
+            raise ValueError(
+                f"the cached tiny-shakespeare at {path} is damaged: {problem}. Delete it (and "
+                f"{_sidecar(path).name} next to it), or call load_corpus('tiny-shakespeare', download=True) "
+                "to download it again"
+            )
+        warnings.warn(f"the cached tiny-shakespeare at {path} is damaged ({problem}); downloading it again",
+                      stacklevel=3)
+    elif not download:
         raise FileNotFoundError(
             f"tiny-shakespeare is not cached at {path}; call load_corpus('tiny-shakespeare', "
             "download=True) with a network connection, or use the offline corpus 'python-docs'"
@@ -208,22 +276,18 @@ def _tiny_shakespeare(download: bool, cache_dir: str | os.PathLike | None, timeo
             f"could not download tiny-shakespeare from {_SHAKESPEARE_URL} (no network?): {exc}. "
             "The offline corpus 'python-docs' needs no download."
         ) from exc
-    text = raw.decode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""  # reported as the wrong length just below
     if len(text) != _SHAKESPEARE_CHARS:
         raise RuntimeError(
             f"downloaded tiny-shakespeare has {len(text)} characters, expected {_SHAKESPEARE_CHARS}; "
             "not caching it (truncated download?)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so an interrupted download never leaves a half file cached.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = text.encode("utf-8")
+    _write_atomically(path, data)  # the text first: if we die before the record, the next read records it
+    _write_atomically(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     return text
 
 
@@ -240,6 +304,9 @@ def load_corpus(
     in sorted key order with a newline between them. ``"tiny-shakespeare"`` is read from the cache
     (``cache_dir``, else ``$RETNET_MINI_CACHE``, else ``~/.cache/retnet_mini``); if it is not there it is
     downloaded only when ``download=True``, and a missing network gives a RuntimeError that says so.
+    The cache is written atomically with its sha256 next to it (``tiny-shakespeare.txt.sha256``) and
+    checked at every read; a damaged cached file is downloaded again with ``download=True``, else it is a
+    ValueError naming the file.
     """
     if name == "python-docs":
         return _python_docs()

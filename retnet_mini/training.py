@@ -25,10 +25,12 @@ What the loop does, and why:
   of the gradient all-reduce). Validation windows are shared out between the ranks; rank 0 alone writes
   checkpoints and prints. ``python -m retnet_mini.training`` is a command line for it.
 - **Checkpoints** are written atomically (temporary file in the same directory, fsync, ``os.replace``):
-  a crash during a save leaves the previous checkpoint intact. They hold the model, optimizer, step,
-  RNG states (the batch generator, torch's CPU and CUDA generators for dropout) and history, plus the
-  model config, training config and a hash of the training data, checked on resume. On CPU a run
-  interrupted and resumed gives bit-identical losses to one that was not interrupted.
+  a crash during a save leaves the previous checkpoint intact, and its temporary file is removed by the
+  next save. They hold the model, optimizer, step, RNG states (the batch generator, torch's CPU and CUDA
+  generators for dropout) and history, plus the model config, training config, forward options and a
+  hash of the training data, checked on resume, and a sha256 checksum of all of it, checked on load.
+  Ctrl-C saves the last complete update before stopping. On CPU a run interrupted (by ``until_step``,
+  Ctrl-C, or a crash after a checkpoint) and resumed gives bit-identical losses to one that was not.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import numbers
 import os
+import pickle
 import random
+import re
+import signal
 import tempfile
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -69,15 +77,19 @@ __all__ = [
     "seed_everything",
     "save_checkpoint",
     "load_checkpoint",
+    "CheckpointWarning",
 ]
 
-CHECKPOINT_FORMAT = "retnet_mini.checkpoint/1"
+CHECKPOINT_FORMAT = "retnet_mini.checkpoint/2"  # /2: with a checksum and the forward options
+_OLD_FORMATS = ("retnet_mini.checkpoint/1",)
 
 # TrainConfig fields that change the sequence of updates: a checkpoint resumes only if they all match.
 # (Evaluation and checkpoint intervals may change between runs; they do not alter the training losses.)
+# The precision is compared as resolved (see _forward_options): "auto" is "bfloat16" on an A100 and
+# "float32" on a CPU, so comparing the field itself would miss the difference that matters.
 _TRAJECTORY_FIELDS = (
     "steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps",
-    "weight_decay", "betas", "eps", "grad_clip", "seed", "precision",
+    "weight_decay", "betas", "eps", "grad_clip", "seed",
 )  # fmt: skip
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -104,22 +116,68 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (see choose_precision) | "float32" | "bfloat16" | "float16"
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # a list from JSON would otherwise break the resume check
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("steps", "batch_size", "seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        # Every field is checked and normalized to a plain int / float, so a typo such as steps=10.0,
+        # steps=True or lr=float("nan") fails here, by name, instead of deep in the loop or never.
+        for name, minimum in _INT_FIELDS.items():
+            setattr(self, name, _checked_int(name, getattr(self, name), minimum))
+        if self.seed >= 2**64:
+            raise ValueError(f"TrainConfig.seed must be < 2**64 (torch.Generator's range), got {self.seed}")
+        for name in _OPTIONAL_INT_FIELDS:
+            setattr(self, name, _checked_int(name, getattr(self, name), 1, optional=True))
+        for name in ("lr", "min_lr", "weight_decay", "eps"):
+            setattr(self, name, _checked_float(name, getattr(self, name)))
+        self.grad_clip = _checked_float("grad_clip", self.grad_clip, optional=True)
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
-        for name in ("eval_interval", "eval_windows", "checkpoint_interval"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
+            raise ValueError(
+                f"TrainConfig.lr and TrainConfig.min_lr: need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, "
+                f"min_lr={self.min_lr}"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.eps <= 0:
+            raise ValueError(f"TrainConfig.eps must be > 0, got {self.eps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        self.betas = _checked_betas(self.betas)  # a list from JSON becomes a tuple, for the resume check
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+# TrainConfig's int fields and their smallest allowed value; the optional ones are >= 1 or None.
+_INT_FIELDS = {"steps": 1, "batch_size": 1, "seq_len": 1, "warmup_steps": 0, "seed": 0}
+_OPTIONAL_INT_FIELDS = ("eval_interval", "eval_windows", "checkpoint_interval")
+
+
+def _checked_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    or_none = " or None" if optional else ""
+    if value is None and optional:
+        return None
+    # bool is a subclass of int and 10.0 is integral, but both are almost surely mistakes: refused.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"TrainConfig.{name} must be an int{or_none}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"TrainConfig.{name} must be >= {minimum}{or_none}, got {value}")
+    return int(value)  # numpy ints become plain ints, so the config saves as plain Python
+
+
+def _checked_float(name: str, value: Any, optional: bool = False) -> float | None:
+    or_none = " or None" if optional else ""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"TrainConfig.{name} must be a number{or_none}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{name} must be finite{or_none}, got {value}")
+    return float(value)
+
+
+def _checked_betas(betas: Any) -> tuple[float, float]:
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"TrainConfig.betas must be a pair (beta1, beta2), got {betas!r}")
+    pair = tuple(_checked_float("betas", b) for b in betas)
+    if not all(0 <= b < 1 for b in pair):
+        raise ValueError(f"TrainConfig.betas must both lie in [0, 1), got {betas!r}")
+    return pair
 
 
 @dataclass
@@ -373,20 +431,123 @@ def _diff(saved: dict, current: dict) -> str:
     )
 
 
+def _forward_options(model: nn.Module, forward_kwargs: dict, precision: Precision) -> dict:
+    """What decides the function the model computes besides its weights and config: a resumed run must
+    match the checkpoint in all of it (e.g. mode and chunk_size change the rounding, hence the run)."""
+    options = {f"forward_kwargs[{k!r}]": v for k, v in _plain(forward_kwargs).items()}
+    options["precision"] = precision.name  # as resolved: "auto" is bfloat16 on an A100, float32 on a CPU
+    options["parameter dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+    return options
+
+
+def _check_writable(path: Path) -> None:
+    """Raise ValueError unless a checkpoint can be written at ``path``: its directory exists (or is made)
+    and a file can be created in it. Checked before step 1, so the run does not fail at its end."""
+    if path.is_dir():
+        raise ValueError(f"checkpoint_path {path} is a directory; expected a file path, e.g. {path / 'run.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as exc:
+        raise ValueError(f"checkpoint_path {path} is not writable: cannot create a file in {path.parent} "
+                         f"({type(exc).__name__}: {exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise it.
+
+    Only with Python's own handler in the main thread (a script, a notebook cell); anywhere else the block
+    runs as is, and :func:`train` then does not save a state it was interrupted in the middle of.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` with ``torch.save`` atomically.
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be written; the run went on (or returned its history) without it."""
 
-    The bytes go to a temporary file in the same directory (same filesystem, so the rename is atomic),
-    are fsync'ed, then ``os.replace`` puts the file in place. Readers see the old checkpoint or the new
-    one, never a torn file; a failure midway removes the temporary file and keeps the old checkpoint.
+
+# mkstemp's temporary files next to a checkpoint: "<name>.<8 random characters>.tmp". A save killed
+# before its rename (power loss, SIGKILL) leaves one behind; the next save, or a load, removes it.
+_TMP_RANDOM = r"[a-z0-9_]{8}"
+_STALE_TMP_AGE_S = 600  # a load only removes temporaries this old: a newer one may be a save in progress
+
+# What a payload written by train() must hold (load_checkpoint checks before using any of it).
+_PAYLOAD_KEYS = ("format", "model_class", "model_config", "train_config", "forward", "data_hash", "step",
+                 "model", "optimizer", "rng", "scaler", "history")  # fmt: skip
+
+
+def _temporaries(path: Path) -> list[Path]:
+    pattern = re.compile(re.escape(path.name) + r"\." + _TMP_RANDOM + r"\.tmp")
+    with contextlib.suppress(OSError):  # an unreadable directory: nothing we could clean anyway
+        return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file()]
+    return []
+
+
+def _remove_stale_temporaries(path: Path, min_age_s: float = 0.0) -> None:
+    now = time.time()
+    for tmp in _temporaries(path):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if now - tmp.stat().st_mtime >= min_age_s:
+                tmp.unlink()
+
+
+def _checksum(payload: dict) -> str:
+    """sha256 over every value of ``payload`` but ``"checksum"``: each tensor's dtype, shape and raw bytes,
+    each other value's repr, in a fixed order (sorted keys, list order), each tagged with where it is."""
+    h = hashlib.sha256()
+
+    def feed(where: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)  # 1-D, so any dtype views as bytes
+            h.update(f"{where}: tensor {t.dtype} {tuple(value.shape)}\n".encode())
+            h.update(t.view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for k in sorted(value, key=repr):
+                feed(f"{where}[{k!r}]", value[k])
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                feed(f"{where}[{i}]", v)
+        else:
+            h.update(f"{where}: {type(value).__name__} {value!r}\n".encode())
+
+    feed("", {k: v for k, v in payload.items() if k != "checksum"})
+    return "sha256:" + h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Write ``payload`` (a dict) with ``torch.save`` atomically, with a checksum of its contents.
+
+    The stored dict is ``payload`` plus ``"checksum"`` (:func:`_checksum`), which :func:`load_checkpoint`
+    verifies. The bytes go to a temporary file in the same directory (same filesystem, so the rename is
+    atomic), are fsync'ed, then ``os.replace`` puts the file in place. Readers see the old checkpoint or
+    the new one, never a torn file; a failure midway removes the temporary file and keeps the old
+    checkpoint. Temporaries left by an earlier save that was killed are removed first.
     """
+    if not isinstance(payload, dict):
+        raise ValueError(f"save_checkpoint: payload must be a dict, got {type(payload).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)  # we are the writer of this path: any temporary of it is dead
+    payload = {**payload, "checksum": _checksum(payload)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -406,19 +567,69 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
             os.close(dir_fd)
 
 
-def load_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> dict:
-    """Load a checkpoint written by :func:`train` into ``model`` (and ``optimizer``); return its payload.
+def _first_sentence(exc: BaseException) -> str:
+    # torch's errors can be long and advise loading with weights_only=False, which we never want passed
+    # on (it runs arbitrary code from the file): keep the first sentence, and only if it has no such advice.
+    text = str(exc).strip().split("\n")[0].split(". ")[0].strip()
+    return "" if not text or "weights_only" in text else f" ({type(exc).__name__}: {text})"
 
-    Raises ValueError if the checkpoint was written for another model class or config (both are stored
-    in it), so that a mismatch is reported by name rather than as a shape error deep in PyTorch.
+
+def _read_checkpoint(path: str | os.PathLike) -> dict:
+    """The verified payload of the checkpoint at ``path``.
+
+    Every way a file can fail to be one of our checkpoints (missing, empty, truncated, not a zip archive,
+    holding Python objects, holding something else than our dict, an older format, damaged contents)
+    gives one ValueError (FileNotFoundError if missing) that names the file and says what is wrong.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a retnet_mini training checkpoint ({CHECKPOINT_FORMAT})")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, not a checkpoint file")
+    _remove_stale_temporaries(path, min_age_s=_STALE_TMP_AGE_S)
+    hint = "; delete it, or call train(..., resume=False) to overwrite it"  # ours, but unusable
+    other = "; is this the right path? (train(..., resume=False) would overwrite the file)"  # not ours
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): a copy or save that never completed?{hint}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is some other file
+        raise ValueError(f"{path} is not a retnet_mini checkpoint: checkpoints are zip archives written by "
+                         f"torch.save, this file starts with {head!r}{other}")
+    failure = None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        failure = (f"{path} holds Python objects other than tensors, numbers, strings, lists and dicts (a "
+                   f"pickled model or another program's file?), or its data is damaged: not a retnet_mini "
+                   f"checkpoint. It was not loaded: unpickling arbitrary objects can run code{other}")
+    except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, ... for a torn zip archive
+        failure = (f"checkpoint {path} is truncated or damaged ({size} bytes; an interrupted copy or a full "
+                   f"disk?): it cannot be read{_first_sentence(exc)}{hint}")
+    if failure is not None:
+        raise ValueError(failure)  # outside the except block: torch's message is not even the context
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} holds a {type(payload).__name__}, not a retnet_mini training checkpoint "
+                         f"(a dict of format {CHECKPOINT_FORMAT!r}){other}")
+    fmt = payload.get("format")
+    if fmt in _OLD_FORMATS:
+        raise ValueError(f"checkpoint {path} has the older format {fmt!r}, which stores no checksum, so its "
+                         f"contents cannot be verified; this version reads {CHECKPOINT_FORMAT!r}. Train "
+                         f"again (train(..., resume=False) overwrites it)")
+    if fmt != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a retnet_mini training checkpoint: format {fmt!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r}{other}")
+    missing = [k for k in (*_PAYLOAD_KEYS, "checksum") if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}: not written by train(){hint}")
+    if payload["checksum"] != _checksum(payload):
+        raise ValueError(f"checkpoint {path} is corrupted: its contents do not match the sha256 checksum "
+                         f"saved with them (damaged on disk or in a copy?){hint}")
+    return payload
+
+
+def _check_model_fits(payload: dict, model: nn.Module, path: str | os.PathLike) -> None:
     cls = type(model).__name__
     if payload["model_class"] != cls:
         raise ValueError(f"checkpoint {path} is for a {payload['model_class']}, but the model is a {cls}")
@@ -426,12 +637,33 @@ def load_checkpoint(
     if saved != current:
         detail = _diff(saved, current) if saved and current else f"checkpoint {saved!r}, now {current!r}"
         raise ValueError(f"checkpoint {path} was written for another model config: {detail}")
+
+
+def _load_states(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None, path) -> None:
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:  # a model without a config attribute: shapes are the last line of defence
         raise ValueError(f"checkpoint {path} does not fit this model: {exc}") from exc
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict:
+    """Load a checkpoint written by :func:`train` into ``model`` (and ``optimizer``); return its payload.
+
+    Raises ValueError naming the file if it is not a readable checkpoint of this version (empty,
+    truncated, another kind of file, an older format, or contents that fail their checksum), or if it
+    was written for another model class or config (both are stored in it), so that a mismatch is
+    reported by name rather than as a shape error deep in PyTorch. Nothing is loaded into ``model`` or
+    ``optimizer`` unless every check passes.
+    """
+    payload = _read_checkpoint(path)
+    _check_model_fits(payload, model, path)
+    _load_states(payload, model, optimizer, path)
     return payload
 
 
@@ -523,11 +755,18 @@ def train(
     - ``forward_kwargs``: passed to every forward call, e.g. ``{"mode": "chunkwise", "chunk_size": 64}``.
     - ``device``: default ``"cuda"`` if available (under torchrun ``cuda:LOCAL_RANK``), else ``"cpu"``;
       the model is moved there. The precision follows ``config.precision`` (:func:`choose_precision`).
-    - ``checkpoint_path``: where to save (at the end, at ``until_step``, every ``checkpoint_interval``).
-      If the file exists and ``resume`` is true, training continues from it exactly (a finished
-      checkpoint just loads the weights and returns its history); ``resume=False`` starts over and
-      overwrites it. A checkpoint from another model config, training config or training data raises
-      ValueError.
+    - ``checkpoint_path``: where to save (at the end, at ``until_step``, every ``checkpoint_interval``,
+      and on Ctrl-C). It is checked to be writable before any work (ValueError if not). If the file
+      exists and ``resume`` is true, training continues from it exactly (a finished checkpoint just loads
+      the weights and returns its history); ``resume=False`` starts over and overwrites it. A checkpoint
+      from another model config, training config, forward options (``forward_kwargs``, the resolved
+      precision, the parameters' dtype) or training data raises ValueError, as does a file that is not
+      a readable checkpoint (damaged, truncated, failing its checksum), before anything is loaded.
+    - A save that fails (disk full) warns (:class:`CheckpointWarning`) instead of raising: at the end,
+      the history is still returned; in the middle, training goes on and the next save tries again.
+    - Ctrl-C (KeyboardInterrupt) saves the last complete update first (with ``checkpoint_path``), then
+      propagates; calling ``train`` again with the same arguments resumes exactly. A Ctrl-C that arrives
+      while the optimizer updates the weights takes effect once that update is done.
     - ``until_step``: stop after this many updates (saving a checkpoint), as if interrupted; a later call
       with the same arguments and no ``until_step`` finishes the run.
     - ``progress``: show a tqdm bar (a widget in notebooks) and print the precision chosen.
@@ -560,26 +799,40 @@ def train(
     if not 1 <= stop <= config.steps:
         raise ValueError(f"until_step must be in [1, {config.steps}], got {until_step}")
 
+    if checkpoint_path is not None and rank == 0:
+        _check_writable(Path(checkpoint_path))  # before any work: a bad path should not cost a run
+
     model.to(dev)
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision.loss_scaling)   # a no-op when disabled
     batch_gen = torch.Generator().manual_seed(config.seed)  # on CPU: same batches on any device
-    history, step = History(), 0
+    history, step, saved_step = History(), 0, None  # saved_step: the step of the checkpoint on disk
     data_hash = _fingerprint(train_data)
     train_cfg = _plain(asdict(config))
+    forward = _forward_options(model, forward_kwargs, precision)
 
     if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-        ckpt = load_checkpoint(checkpoint_path, model, optimizer)
-        saved = {k: ckpt["train_config"][k] for k in _TRAJECTORY_FIELDS}
+        # Every check before anything is loaded: a refused checkpoint leaves model and optimizer as they were.
+        ckpt = _read_checkpoint(checkpoint_path)
+        _check_model_fits(ckpt, model, checkpoint_path)
+        saved = {k: ckpt["train_config"].get(k, "<missing>") for k in _TRAJECTORY_FIELDS}
         now = {k: train_cfg[k] for k in _TRAJECTORY_FIELDS}
         if saved != now:
             raise ValueError(
                 f"checkpoint {checkpoint_path} was written with another training config ({_diff(saved, now)}); "
                 "resuming would not reproduce the run. Use another checkpoint_path or resume=False."
             )
+        if ckpt["forward"] != forward:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} was trained with other forward options "
+                f"({_diff(ckpt['forward'], forward)}); the model would compute something else from here "
+                "on. Pass the checkpoint's options, or use another checkpoint_path or resume=False."
+            )
         if ckpt["data_hash"] != data_hash:
             raise ValueError(f"checkpoint {checkpoint_path} was written for different training data")
+        _load_states(ckpt, model, optimizer, checkpoint_path)
         step, history = ckpt["step"], History.from_dict(ckpt["history"])
+        saved_step = step
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         batch_gen.set_state(ckpt["rng"]["batches"])
@@ -591,30 +844,52 @@ def train(
         torch.manual_seed(config.seed)  # dropout masks, if the model has dropout
     history.precision = precision.describe()
 
-    def save() -> None:  # rank 0 writes; every rank waits for the file before going on
-        if rank == 0:
-            _write_checkpoint()
-        if world_size > 1:
-            torch.distributed.barrier()
+    def rng_states() -> dict:
+        return {
+            "batches": batch_gen.get_state(),
+            "torch_cpu": torch.get_rng_state(),
+            "torch_cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
+        }
 
-    def _write_checkpoint() -> None:
-        save_checkpoint(checkpoint_path, {
+    def write_checkpoint(rng: dict, final: bool) -> None:
+        """Save the run as it is after ``step`` updates (``rng``: the generators at that point).
+
+        A failed write (disk full, directory gone) warns and does not raise: at the end, train() still
+        returns the history; in the middle, training goes on and the next save tries again. The previous
+        checkpoint, if any, stays intact (save_checkpoint is atomic)."""
+        nonlocal saved_step
+        payload = {
             "format": CHECKPOINT_FORMAT,
             "model_class": type(model).__name__,
             "model_config": _model_config(model),
             "train_config": train_cfg,
+            "forward": forward,
             "data_hash": data_hash,
             "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": {
-                "batches": batch_gen.get_state(),
-                "torch_cpu": torch.get_rng_state(),
-                "torch_cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
-            },
+            "rng": rng,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "history": history.to_dict(),
-        })  # fmt: skip
+        }
+        try:
+            save_checkpoint(checkpoint_path, payload)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+            then = ("train() returns the history, but the run cannot be resumed from this step" if final
+                    else "training goes on, and the next save tries again")
+            warnings.warn(f"could not write the checkpoint {checkpoint_path} at step {step} "
+                          f"({type(exc).__name__}: {exc}); {then}", CheckpointWarning, stacklevel=3)
+        else:
+            saved_step = step
+
+    def save(final: bool) -> None:  # rank 0 writes; every rank waits for the file before going on
+        if rank == 0:
+            write_checkpoint(rng, final)
+        if world_size > 1:
+            torch.distributed.barrier()
+
+    def due(k: int) -> bool:  # is there a validation after k updates?
+        return k == 0 or k == config.steps or bool(config.eval_interval and k % config.eval_interval == 0)
 
     def validate() -> None:
         loss = evaluate(
@@ -631,13 +906,19 @@ def train(
     if progress and rank == 0:
         print(f"{type(model).__name__} on {dev}" + (f" x {world_size} processes" if world_size > 1 else "")
               + f": {precision.describe()}")
-    if step == 0:
-        validate()  # the untrained model: about ln(vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.grad_clip if config.grad_clip is not None else math.inf  # inf: measure, don't clip
     share = config.batch_size // world_size
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc=type(model).__name__)
+    # The state after `step` updates is always at hand for a save on Ctrl-C: model and optimizer change
+    # only inside the update below (which holds Ctrl-C until it is done), and `rng` is the generators'
+    # state taken right after it, before the next batch is drawn and dropout masks are sampled.
+    rng, updating = rng_states(), False
     try:
+        # At step 0, the untrained model (about ln(vocab_size)). A run saved on Ctrl-C during a validation
+        # lacks it: it is measured now, on the same weights, so the history is the uninterrupted one.
+        if due(step) and history.val_steps[-1:] != [step]:
+            validate()
         while step < stop:
             t0 = time.perf_counter()
             # every rank draws the same global batch (same generator) and keeps its own slice of it
@@ -656,23 +937,39 @@ def train(
             scaler.scale(loss).backward()   # with float16: the loss scaled up so small gradients survive
             scaler.unscale_(optimizer)      # true gradients again, before they are clipped and measured
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-            scaler.step(optimizer)          # skipped (and the scale lowered) if a gradient overflowed
-            scaler.update()
-            step += 1
-
-            history.steps.append(step)
-            history.train_loss.append(loss_value)
-            history.lr.append(lr)
-            history.grad_norm.append(grad_norm)
-            history.tokens_per_s.append(y.numel() * world_size / (time.perf_counter() - t0))
-            if step == config.steps or (config.eval_interval and step % config.eval_interval == 0):
+            with _sigint_held():  # a Ctrl-C here would leave the weights half updated: it waits
+                updating = True
+                scaler.step(optimizer)      # skipped (and the scale lowered) if a gradient overflowed
+                scaler.update()
+                step += 1
+                history.steps.append(step)
+                history.train_loss.append(loss_value)
+                history.lr.append(lr)
+                history.grad_norm.append(grad_norm)
+                history.tokens_per_s.append(y.numel() * world_size / (time.perf_counter() - t0))
+                rng, updating = rng_states(), False
+            if due(step):
                 validate()
             if checkpoint_path is not None and (
                 step == stop or (config.checkpoint_interval and step % config.checkpoint_interval == 0)
             ):
-                save()
+                save(final=step == stop)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.final_val_loss:.3f}", refresh=False)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C: keep the work done so far. Rank 0 alone, without waiting for the others (they are being
+        # interrupted too); all ranks hold the same weights after every update.
+        if checkpoint_path is not None and rank == 0 and step > 0 and step != saved_step:
+            if updating:  # raised from inside the update itself (not a held Ctrl-C): weights half updated
+                warnings.warn(f"interrupted in the middle of update {step + 1}: no consistent state to save; "
+                              f"the checkpoint {checkpoint_path} is left as it was", CheckpointWarning,
+                              stacklevel=2)
+            else:
+                write_checkpoint(rng, final=True)
+                if saved_step == step and hasattr(interrupt, "add_note"):  # Python 3.11+
+                    interrupt.add_note(f"retnet_mini: saved the run after {step} steps to {checkpoint_path}; "
+                                       "call train() again with the same arguments to resume it")
+        raise
     finally:
         bar.close()
         model.train(was_training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import urllib.error
@@ -75,6 +76,37 @@ def test_unknown_character_replace_maps_to_unk() -> None:
     assert tok.decode(ids) == "h\ufffd\ufffd"
 
 
+UNK_LOOKALIKES = ["\ufffd", "\ue000", "\ue001", "?"]  # U+FFFD and the first fallbacks
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chars=st.sets(st.one_of(st.sampled_from(UNK_LOOKALIKES), st.characters()), min_size=1, max_size=40),
+    data=st.data(),
+)
+def test_a_decoded_unknown_is_never_a_vocabulary_character(chars, data) -> None:
+    tok = CharTokenizer(sorted(chars))
+    assert tok.unk_char not in tok and len(tok.unk_char) == 1
+    assert tok.unk_char == ("\ufffd" if "\ufffd" not in chars else tok.unk_char)
+    ids = data.draw(st.lists(st.integers(1, tok.vocab_size - 1), max_size=30))  # any ids but <bos>
+    text = tok.decode(ids)
+    assert tok.encode(text, errors="replace") == ids  # <unk> stays <unk>, never turns into a real character
+    if tok.unk_id in ids:
+        with pytest.raises(ValueError, match="not in the vocabulary"):
+            tok.encode(text)
+    again = CharTokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert again == tok and again.unk_char == tok.unk_char and again.vocab_size == len(chars) + 2
+
+
+def test_unknown_symbol_moves_off_a_vocabulary_replacement_character() -> None:
+    tok = CharTokenizer.from_text("caf\ufffd")  # text once decoded with errors="replace" has U+FFFD
+    ids = tok.encode("café", errors="replace")
+    assert ids[-1] == tok.unk_id and tok.encode("caf\ufffd")[-1] != tok.unk_id
+    assert tok.decode(ids) == "caf\ue000" != tok.decode(tok.encode("caf\ufffd"))
+    assert CharTokenizer.from_text("caf\ufffd\ue000").unk_char == "\ue001"
+    assert TOK.unk_char == CharTokenizer.unk_char == "\ufffd"  # the corpus has no U+FFFD: unchanged
+
+
 def test_save_and_load_through_json() -> None:
     d = json.loads(json.dumps(TOK.to_dict()))
     tok = CharTokenizer.from_dict(d)
@@ -104,6 +136,30 @@ def test_bad_inputs_to_tokenizer() -> None:
 
 
 # --- corpus ---------------------------------------------------------------------------------------
+
+
+SHAKESPEARE = "First Citizen:\nBefore we proceed any further, hear me speak.\n"  # a stand-in of the right length
+SHAKESPEARE = (SHAKESPEARE * (data_mod._SHAKESPEARE_CHARS // len(SHAKESPEARE) + 1))[: data_mod._SHAKESPEARE_CHARS]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch) -> None:
+    """No test downloads anything: a test that wants a download serves it itself."""
+    def offline(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", offline)
+
+
+def serve(monkeypatch, text: str) -> list:
+    downloads = []
+
+    def urlopen(*args, **kwargs):
+        downloads.append(1)
+        return io.BytesIO(text.encode())
+
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", urlopen)
+    return downloads
 
 
 def test_python_docs_is_offline_deterministic_and_real() -> None:
@@ -149,7 +205,59 @@ def test_tiny_shakespeare_download_is_checked_then_cached(tmp_path, monkeypatch)
     assert load_corpus("tiny-shakespeare", download=True, cache_dir=tmp_path) == payload["text"]
     monkeypatch.setattr(data_mod.urllib.request, "urlopen", None)  # now served from the cache only
     assert load_corpus("tiny-shakespeare", cache_dir=tmp_path) == payload["text"]
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny-shakespeare.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-shakespeare.txt", "tiny-shakespeare.txt.sha256"]
+    digest = hashlib.sha256(payload["text"].encode()).hexdigest()
+    assert (tmp_path / "tiny-shakespeare.txt.sha256").read_text() == f"{digest}  tiny-shakespeare.txt\n"
+
+
+def damage(path, how: str) -> None:
+    raw = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "one character changed":
+        path.write_bytes(raw[:1000] + (b"X" if raw[1000:1001] != b"X" else b"Y") + raw[1001:])
+    elif how == "not UTF-8":
+        path.write_bytes(raw[:1000] + b"\xff" + raw[1001:])
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "one character changed", "not UTF-8", "empty"])
+def test_damaged_cache_is_detected_and_fetched_again(tmp_path, monkeypatch, how) -> None:
+    downloads = serve(monkeypatch, SHAKESPEARE)
+    assert load_corpus("tiny-shakespeare", download=True, cache_dir=tmp_path) == SHAKESPEARE
+    cached = tmp_path / "tiny-shakespeare.txt"
+    damage(cached, how)
+    with pytest.raises(ValueError, match=rf"cached tiny-shakespeare at {cached} is damaged: .*Delete it"):
+        load_corpus("tiny-shakespeare", cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="damaged .* downloading it again"):
+        assert load_corpus("tiny-shakespeare", download=True, cache_dir=tmp_path) == SHAKESPEARE
+    assert len(downloads) == 2
+    assert load_corpus("tiny-shakespeare", cache_dir=tmp_path) == SHAKESPEARE  # repaired, from the cache
+
+
+def test_cache_of_an_older_version_without_a_record_is_checked_by_length(tmp_path) -> None:
+    cached, record = tmp_path / "tiny-shakespeare.txt", tmp_path / "tiny-shakespeare.txt.sha256"
+    cached.write_bytes(SHAKESPEARE.encode())
+    assert load_corpus("tiny-shakespeare", cache_dir=tmp_path) == SHAKESPEARE
+    assert record.read_text().split()[0] == hashlib.sha256(SHAKESPEARE.encode()).hexdigest()  # recorded now
+    record.unlink()
+    cached.write_bytes(SHAKESPEARE[:-1].encode())
+    with pytest.raises(ValueError, match=r"has 1,115,393 characters, tiny-shakespeare has 1,115,394"):
+        load_corpus("tiny-shakespeare", cache_dir=tmp_path)
+    assert not record.exists()
+
+
+def test_cache_write_is_atomic(tmp_path, monkeypatch) -> None:
+    serve(monkeypatch, SHAKESPEARE)
+
+    def rename_dies(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data_mod.os, "replace", rename_dies)
+    with pytest.raises(OSError, match="disk full"):
+        load_corpus("tiny-shakespeare", download=True, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no half file, no temporary left behind
 
 
 # --- split ----------------------------------------------------------------------------------------

@@ -1,18 +1,37 @@
 """The training loop (retnet_mini.training): schedule, optimizer groups, evaluation, loss going down,
-atomic checkpoints and exact resume, clear errors. CPU only; uses a tiny stand-in model so it is fast."""
+atomic checkpoints and exact resume, clear errors; the hard edges (bad configs, changed forward options,
+unwritable paths, failed saves, Ctrl-C, stale temporaries, damaged or foreign checkpoint files). CPU only;
+uses a tiny stand-in model so it is fast."""
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import pickle
+import random
+import signal
+import struct
+import sys
+import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from retnet_mini import data as data_mod
+from retnet_mini import training
 from retnet_mini.data import prepare_corpus
 from retnet_mini.training import (
+    CheckpointWarning,
+    PRECISIONS,
     History,
     TrainConfig,
     choose_precision,
@@ -56,7 +75,7 @@ class TinyLM(nn.Module):
     def forward(self, tokens: torch.Tensor, state=None, scale: float = 1.0):
         self.calls += self.training  # count training forwards only
         if self.crash_after is not None and self.calls > self.crash_after:
-            raise KeyboardInterrupt("simulated crash")
+            raise RuntimeError("simulated crash")
         e = self.embed(tokens)  # (B, T, d)
         past = e.cumsum(1) / torch.arange(1, tokens.shape[1] + 1)[:, None]  # (B, T, d) causal mean
         h = self.norm(torch.relu(self.mix(torch.cat([e, past], -1))))
@@ -197,9 +216,9 @@ def test_crash_mid_run_resumes_from_last_checkpoint_exactly(tmp_path: Path) -> N
     cfg = replace(CFG, checkpoint_interval=5)
     straight = train(tiny(seed=3), TRAIN, VAL, cfg, progress=False)
     path = tmp_path / "ckpt.pt"
-    crashing = TinyLM(TinyConfig(V), crash_after=8)  # dies in update 8 (validation calls don't count)
+    crashing = TinyLM(TinyConfig(V), crash_after=8)  # dies in update 9 (validation calls don't count)
     crashing.load_state_dict(tiny(seed=3).state_dict())
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RuntimeError, match="simulated crash"):  # an error, not Ctrl-C: no save on the way out
         train(crashing, TRAIN, VAL, cfg, checkpoint_path=path, progress=False)
     assert torch.load(path, weights_only=True)["step"] == 5
     resumed = train(tiny(seed=0), TRAIN, VAL, cfg, checkpoint_path=path, progress=False)
@@ -216,9 +235,11 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypat
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torn_save)
-    with pytest.raises(OSError, match="disk full"):
-        train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=8, progress=False)
+    with pytest.warns(CheckpointWarning, match=rf"could not write the checkpoint {path} at step 8 "
+                      r"\(OSError: disk full\); train\(\) returns the history"):
+        h = train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=8, progress=False)
     monkeypatch.undo()
+    assert h.steps == list(range(1, 9))  # the work is not lost with the file
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
     assert load_checkpoint(path, tiny())["step"] == 4
@@ -382,3 +403,309 @@ def test_retnet_trains_in_half_precision_and_resumes_exactly(tmp_path: Path, pre
     payload = torch.load(path, weights_only=True)
     assert (payload["scaler"] is not None) == (precision == "float16")
     assert same_run(train(retnet(), TRAIN, VAL, half_cfg, checkpoint_path=path, **kw), half)
+
+
+# --- hard edges: bad configs, forward options, unwritable paths, Ctrl-C, damaged checkpoints ------
+
+INT_FIELDS = ("steps", "batch_size", "seq_len", "warmup_steps", "seed")
+OPTIONAL_INT_FIELDS = ("eval_interval", "eval_windows", "checkpoint_interval")
+FLOAT_FIELDS = ("lr", "min_lr", "weight_decay", "eps")
+NOT_AN_INT = st.one_of(st.booleans(), st.floats(), st.text(max_size=3), st.just([1]))  # floats: 10.0 too
+NOT_A_NUMBER = st.one_of(st.booleans(), st.text(max_size=3), st.just([1e-3]), st.just(1j))
+NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+BAD_FIELDS = st.one_of(
+    st.tuples(st.sampled_from(INT_FIELDS), st.one_of(NOT_AN_INT, st.none())),
+    st.tuples(st.sampled_from(OPTIONAL_INT_FIELDS), NOT_AN_INT),
+    st.tuples(st.sampled_from(("steps", "batch_size", "seq_len", *OPTIONAL_INT_FIELDS)), st.integers(max_value=0)),
+    st.tuples(st.sampled_from(("warmup_steps", "seed")), st.integers(max_value=-1)),
+    st.tuples(st.just("seed"), st.integers(min_value=2**64)),
+    st.tuples(st.sampled_from((*FLOAT_FIELDS, "grad_clip")), st.one_of(NOT_A_NUMBER, NON_FINITE)),
+    st.tuples(st.sampled_from(FLOAT_FIELDS), st.none()),
+    st.tuples(st.sampled_from(("lr", "eps", "grad_clip")), st.floats(max_value=0.0)),
+    st.tuples(st.sampled_from(("min_lr", "weight_decay")), st.floats(max_value=0.0, exclude_max=True)),
+    st.tuples(st.just("betas"), st.one_of(
+        st.lists(st.floats(0, 0.99), max_size=4).filter(lambda b: len(b) != 2), st.text(max_size=2),
+        st.tuples(st.floats(), st.floats()).filter(lambda b: not all(0 <= x < 1 for x in b)),
+        st.tuples(st.floats(0, 0.99), NOT_A_NUMBER))),
+    st.tuples(st.just("precision"), st.one_of(st.text(max_size=8), st.none(), st.integers()).filter(
+        lambda p: p not in PRECISIONS)),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(BAD_FIELDS)
+def test_train_config_refuses_every_bad_value_by_name(bad) -> None:
+    field, value = bad
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}\b.*got ") as info:
+        TrainConfig(**{field: value})
+    assert not isinstance(info.value, TypeError)
+
+
+def test_train_config_normalizes_good_values_to_plain_python() -> None:
+    cfg = TrainConfig(steps=np.int64(5), warmup_steps=np.int32(2), lr=1, min_lr=np.float32(0.5), eps=1,
+                      betas=[0.9, 0.99], grad_clip=2, eval_windows=None)  # fmt: skip
+    assert (cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr, cfg.eps, cfg.betas, cfg.grad_clip) == (
+        5, 2, 1.0, 0.5, 1.0, (0.9, 0.99), 2.0)
+    assert type(cfg.steps) is int and type(cfg.lr) is float and type(cfg.betas[0]) is float
+    assert replace(cfg, seed=2**64 - 1).seed == 2**64 - 1  # the largest seed torch takes
+
+
+def test_resume_refuses_other_forward_options(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    train(tiny(), TRAIN, VAL, CFG, forward_kwargs={"scale": 1.0}, checkpoint_path=path, until_step=2,
+          progress=False)  # fmt: skip
+    model = tiny(seed=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"checkpoint {path} was trained with other forward options "
+                                         r"\(forward_kwargs\['scale'\]: checkpoint 1.0, now 2.0\)"):
+        train(model, TRAIN, VAL, CFG, forward_kwargs={"scale": 2.0}, checkpoint_path=path, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was loaded
+    with pytest.raises(ValueError, match=r"forward_kwargs\['scale'\]: checkpoint 1.0, now '<missing>'"):
+        train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, progress=False)
+    with pytest.raises(ValueError, match=r"precision: checkpoint 'float32', now 'bfloat16'"):
+        train(tiny(), TRAIN, VAL, replace(CFG, precision="bfloat16"), forward_kwargs={"scale": 1.0},
+              checkpoint_path=path, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"parameter dtypes: checkpoint \['torch.float32'\], now \['torch.float64'\]"):
+        train(tiny().double(), TRAIN, VAL, CFG, forward_kwargs={"scale": 1.0}, checkpoint_path=path,
+              progress=False)  # fmt: skip
+    # The precision is compared as resolved: "auto" is float32 on a CPU, so asking for float32 resumes.
+    resumed = train(tiny(), TRAIN, VAL, replace(CFG, precision="float32"), forward_kwargs={"scale": 1.0},
+                    checkpoint_path=path, progress=False)  # fmt: skip
+    assert same_run(resumed, train(tiny(), TRAIN, VAL, CFG, forward_kwargs={"scale": 1.0}, progress=False))
+
+
+def counting_forwards(model: nn.Module) -> list:
+    calls: list = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_unwritable_checkpoint_path_fails_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a_file").write_text("not a directory")
+    model = tiny()
+    calls = counting_forwards(model)
+    with pytest.raises(ValueError, match=r"checkpoint_path .*a_file/ckpt.pt is not writable"):
+        train(model, TRAIN, VAL, CFG, checkpoint_path=tmp_path / "a_file" / "ckpt.pt", progress=False)
+    with pytest.raises(ValueError, match=r"checkpoint_path .* is a directory; expected a file path"):
+        train(model, TRAIN, VAL, CFG, checkpoint_path=tmp_path, progress=False)
+
+    def no_room(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(training.tempfile, "mkstemp", no_room)
+    with pytest.raises(ValueError, match=r"is not writable: cannot create a file in .*Permission denied"):
+        train(model, TRAIN, VAL, CFG, checkpoint_path=tmp_path / "ro" / "ckpt.pt", progress=False)
+    assert calls == []  # no validation, no step: nothing was computed
+    monkeypatch.undo()
+    # A directory that does not exist yet is made, and the probe file is gone again.
+    path = tmp_path / "new" / "dir" / "ckpt.pt"
+    train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=1, progress=False)
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
+
+
+def test_failed_intermediate_save_warns_and_training_goes_on(tmp_path: Path, monkeypatch) -> None:
+    path, real_save, saves = tmp_path / "ckpt.pt", torch.save, []
+
+    def first_save_fails(obj, f, *args, **kwargs):
+        saves.append(obj["step"])
+        if len(saves) == 1:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", first_save_fails)
+    cfg = replace(CFG, checkpoint_interval=4)
+    with pytest.warns(CheckpointWarning, match=r"at step 4 \(RuntimeError: .*\); training goes on"):
+        h = train(tiny(), TRAIN, VAL, cfg, checkpoint_path=path, progress=False)
+    monkeypatch.undo()
+    assert saves == [4, 8, 12] and h.steps[-1] == 12
+    assert load_checkpoint(path, tiny())["step"] == 12
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def interrupt_at_update(monkeypatch, model: nn.Module, k: int, where: str) -> None:
+    """Ctrl-C during update number ``k``: raised by the batch function right after it drew the batch, or
+    by a hook right after the model's forward pass (dropout sampled). Either way the generators have moved
+    on past the last complete step, so a save must use their state from before."""
+    calls = []
+
+    def count() -> None:
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+
+    def get_batch(*args, **kwargs):
+        batch = data_mod.get_batch(*args, **kwargs)
+        count()
+        return batch
+
+    if where == "batch":
+        monkeypatch.setattr(training, "get_batch", get_batch)
+    else:
+        model.register_forward_hook(lambda module, args, out: count() if module.training else None)
+
+
+@pytest.mark.parametrize("where", ["batch", "forward"])
+def test_ctrl_c_saves_the_last_complete_step_and_resumes_exactly(tmp_path: Path, monkeypatch, where) -> None:
+    straight_model = tiny(seed=2)
+    straight = train(straight_model, TRAIN, VAL, CFG, progress=False)
+    path, model = tmp_path / "ckpt.pt", tiny(seed=2)
+    interrupt_at_update(monkeypatch, model, 7, where)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(model, TRAIN, VAL, CFG, checkpoint_path=path, progress=False)
+    monkeypatch.undo()
+    payload = load_checkpoint(path, tiny())
+    assert payload["step"] == 6 and payload["history"]["steps"] == list(range(1, 7))
+    if sys.version_info >= (3, 11):
+        assert f"saved the run after 6 steps to {path}" in "".join(info.value.__notes__)
+    resumed_model = tiny(seed=77)
+    assert same_run(train(resumed_model, TRAIN, VAL, CFG, checkpoint_path=path, progress=False), straight)
+    assert all(torch.equal(p, q) for p, q in zip(straight_model.parameters(), resumed_model.parameters()))
+    # Without a checkpoint path Ctrl-C just stops the run; nothing is written anywhere.
+    model = tiny()
+    interrupt_at_update(monkeypatch, model, 2, where)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, TRAIN, VAL, CFG, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_ctrl_c_inside_the_update_waits_for_it_to_finish(tmp_path: Path) -> None:
+    """A real SIGINT sent while the optimizer updates the weights (update 4) is held until the update is
+    done: the checkpoint is step 4. Its validation (eval_interval=4) had not run; resuming runs it first."""
+    straight = train(tiny(seed=5), TRAIN, VAL, CFG, progress=False)
+    path, updates = tmp_path / "ckpt.pt", []
+
+    def sigint_at_update_4(optimizer, args, kwargs) -> None:
+        updates.append(1)
+        if len(updates) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during the optimizer's step, before its end
+
+    handle = register_optimizer_step_post_hook(sigint_at_update_4)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny(seed=5), TRAIN, VAL, CFG, checkpoint_path=path, progress=False)
+    finally:
+        handle.remove()
+    payload = load_checkpoint(path, tiny())
+    assert payload["step"] == 4 and payload["history"]["val_steps"] == [0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert same_run(train(tiny(seed=0), TRAIN, VAL, CFG, checkpoint_path=path, progress=False), straight)
+
+
+def test_interrupt_raised_inside_the_update_saves_nothing_half_done(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    updates = []
+
+    def raise_at_update_7(optimizer, args, kwargs) -> None:
+        updates.append(1)
+        if len(updates) == 7:
+            raise KeyboardInterrupt  # not a signal, so it cannot be held: the weights may be half updated
+
+    handle = register_optimizer_step_pre_hook(raise_at_update_7)
+    try:
+        with pytest.warns(CheckpointWarning, match=rf"middle of update 7: .* {path} is left as it was"):
+            with pytest.raises(KeyboardInterrupt):
+                train(tiny(), TRAIN, VAL, replace(CFG, checkpoint_interval=5), checkpoint_path=path,
+                      progress=False)  # fmt: skip
+    finally:
+        handle.remove()
+    assert load_checkpoint(path, tiny())["step"] == 5
+
+
+def test_stale_temporaries_are_removed_on_save_and_load(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    names = ["ckpt.pt.k3x_9a0b.tmp", "ckpt.pt.notes.tmp", "other.pt.k3x_9a0b.tmp", "ckpt.pt.k3x_9a0b.bak"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"half a checkpoint")  # what a killed save leaves behind, and others
+    train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pt", *names[1:]])  # only ours went
+    old, fresh = tmp_path / "ckpt.pt.aaaaaaaa.tmp", tmp_path / "ckpt.pt.bbbbbbbb.tmp"
+    for tmp in (old, fresh):
+        tmp.write_bytes(b"half a checkpoint")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    load_checkpoint(path, tiny())  # a load removes only old ones: a fresh one may be a save in progress
+    assert not old.exists() and fresh.exists()
+
+
+def test_checkpoint_checksum_catches_changed_contents(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=2, progress=False)
+    payload = torch.load(path, weights_only=True)
+    assert payload["checksum"].startswith("sha256:") and len(payload["checksum"]) == 7 + 64
+    edits = {
+        "a weight": lambda p: p["model"]["head.bias"].__setitem__(0, p["model"]["head.bias"][0] + 1e-6),
+        "an optimizer moment": lambda p: p["optimizer"]["state"][0]["exp_avg"].mul_(2),
+        "the step": lambda p: p.__setitem__("step", 3),
+        "a loss in the history": lambda p: p["history"]["train_loss"].__setitem__(0, 0.0),
+    }  # fmt: skip
+    for what, edit in edits.items():
+        edited = torch.load(path, weights_only=True)
+        edit(edited)
+        bad = tmp_path / "edited.pt"
+        torch.save(edited, bad)  # re-saved without a new checksum
+        with pytest.raises(ValueError, match=rf"checkpoint {bad} is corrupted: .* sha256 checksum"):
+            load_checkpoint(bad, tiny())
+    # One byte flipped on disk, in the middle of the largest tensor's bytes.
+    with zipfile.ZipFile(path) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[entry.header_offset + 26:entry.header_offset + 30])
+    raw[entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2] ^= 0x01
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"checkpoint {flipped} is (corrupted|truncated or damaged)"):
+        load_checkpoint(flipped, tiny())
+    with pytest.raises(ValueError, match=rf"{flipped} is corrupted"):
+        train(tiny(), TRAIN, VAL, CFG, checkpoint_path=flipped, progress=False)
+
+
+def test_old_checkpoints_without_checksum_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=2, progress=False)
+    old = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("checksum", "forward")}
+    torch.save({**old, "format": "retnet_mini.checkpoint/1"}, path)
+    with pytest.raises(ValueError, match=r"older format 'retnet_mini.checkpoint/1', which stores no checksum"):
+        train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, progress=False)
+    assert train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, resume=False, progress=False).steps[-1] == 12
+
+
+def _good_checkpoint_bytes(tmp_path: Path) -> bytes:
+    path = tmp_path / "good.pt"
+    train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, until_step=1, progress=False)
+    return path.read_bytes()
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+NOT_ZIP = "not a retnet_mini checkpoint: checkpoints are zip archives"
+UNREADABLE = {
+    "empty": (lambda good: b"", "is empty"),
+    "truncated to half": (lambda good: good[: len(good) // 2], "truncated or damaged"),
+    "its last 10 bytes cut": (lambda good: good[:-10], "truncated or damaged"),
+    "random bytes": (lambda good: random.Random(0).randbytes(4096), NOT_ZIP),
+    "a text file": (lambda good: b"step: 12\nloss: 1.5\n" * 20, NOT_ZIP),
+    "a plain pickle": (lambda good: pickle.dumps({"step": 1}), NOT_ZIP),
+    "a pickled module": (lambda good: _torch_bytes({"model": nn.Linear(2, 2)}), "holds Python objects other than"),
+    "a list": (lambda good: _torch_bytes([1, 2, 3]), "holds a list, not a retnet_mini training checkpoint"),
+    "a state dict": (lambda good: _torch_bytes(tiny().state_dict()), r"format None, expected"),
+    "our format, keys missing": (lambda good: _torch_bytes({"format": training.CHECKPOINT_FORMAT}), "lacks"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_unreadable_checkpoints_give_one_clear_value_error(tmp_path: Path, kind: str) -> None:
+    make, message = UNREADABLE[kind]
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(make(_good_checkpoint_bytes(tmp_path)))
+    for attempt in (lambda: load_checkpoint(path, tiny()),
+                    lambda: train(tiny(), TRAIN, VAL, CFG, checkpoint_path=path, progress=False)):  # fmt: skip
+        with pytest.raises(ValueError, match=message) as info:
+            attempt()
+        text = str(info.value)
+        assert str(path) in text and "weights_only" not in text, text
+        assert info.value.__cause__ is None and info.value.__context__ is None  # torch's advice is not chained
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt", tiny())
