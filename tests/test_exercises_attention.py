@@ -61,7 +61,7 @@ def test_causal_mask_wrong_answers():
         return torch.ones(length, length).tril()
 
     assert "torch.bool" in _rejected(check_causal_mask, float_mask)
-    assert "got NoneType" in _rejected(check_causal_mask, lambda length: None)
+    assert "returned None" in _rejected(check_causal_mask, lambda length: None)
 
     def wrong_shape(length):
         return torch.ones(length, length + 1, dtype=torch.bool).tril()

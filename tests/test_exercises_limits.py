@@ -70,7 +70,7 @@ def test_mqar_example_wrong_answers():
     msg = _rejected(check_mqar_example, _mqar_answer(mask_dtype=torch.long))
     assert "loss_mask should be a torch.bool tensor" in msg
     msg = _rejected(check_mqar_example, lambda keys, values, queried, slots, seq_len: torch.zeros(seq_len))
-    assert "return a tuple (inputs, targets, loss_mask)" in msg
+    assert "expected a tuple (inputs, targets, loss_mask)" in msg
 
     def values_before_keys(keys, values, queried, slots, seq_len):
         return _mqar_answer()(values, keys, queried, slots, seq_len)
@@ -98,7 +98,7 @@ def test_state_numbers_wrong_answers():
                     (n_layers * d_model * value_dim // n_heads, n_layers * context * d_model))
     assert "KV cache: got" in msg and "a key AND a value" in msg
     msg = _rejected(check_state_numbers, lambda d_model, n_heads, value_dim, n_layers, context: 5)
-    assert "return a tuple" in msg
+    assert "expected a tuple (retnet_state, kv_cache)" in msg
     msg = _rejected(check_state_numbers, lambda d_model, n_heads, value_dim, n_layers, context: ("a", "b"))
     assert "should be an int" in msg
 
@@ -124,4 +124,4 @@ def test_masked_accuracy_wrong_answers():
                     ((logits.argmax(-1) == targets) & loss_mask).double().mean().item())
     assert "divide by the number of masked positions" in msg
     msg = _rejected(check_masked_accuracy, lambda logits, targets, loss_mask: "high")
-    assert "return a float" in msg
+    assert "expected a float" in msg

@@ -89,7 +89,7 @@ def test_next_char_loss_wrong_answers():
 
     msg = _rejected(check_next_char_loss, per_position)
     assert "has shape" in msg and "expected ()" in msg
-    assert "should be a number" in _rejected(check_next_char_loss, lambda logits, targets: None)
+    assert "returned None" in _rejected(check_next_char_loss, lambda logits, targets: None)
 
 
 # -- exercise 2: warm-up then cosine --------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_lr_at_wrong_answers():
         return lr
 
     assert "wrong value" in _rejected(check_lr_at, constant)
-    assert "should be a number" in _rejected(check_lr_at, lambda **c: "0.001")
+    assert "expected a number" in _rejected(check_lr_at, lambda **c: "0.001")
 
 
 # -- exercise 3: the unigram entropy --------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..retention import parallel_retention, recurrent_retention
-from . import ExerciseError, compare_with_hints, randint, randn, random_cases
+from . import ExerciseError, compare_with_hints, randint, randn, random_cases, require_function, to_tensor
 
 __all__ = [
     "check_causal_mask",
@@ -41,20 +41,21 @@ def reference_causal_mask(length: int) -> Tensor:
 def check_causal_mask(my_causal_mask: Callable[[int], Tensor], n_cases: int = 25) -> None:
     """``my_causal_mask(length) -> (length, length)`` bool tensor, True where key ``m <= n`` (query ``n``)."""
     name = "check_causal_mask"
-    probe = my_causal_mask(length=4)
-    if not isinstance(probe, Tensor):
-        raise ExerciseError(f"{name}: return a torch.Tensor, got {type(probe).__name__}")
-    if probe.dtype != torch.bool:
-        raise ExerciseError(
-            f"{name}: the mask should have dtype torch.bool (True = may attend), got {probe.dtype}; "
-            f"a comparison such as `a >= b` gives a bool tensor"
-        )
+    require_function(my_causal_mask, name)
 
     def as_float(length):
+        # the dtype first (a float mask of the right values is still the wrong kind of mask), then the
+        # values as float64, for compare and its hints; a non-tensor is left for compare to report
         out = my_causal_mask(length=length)
-        if isinstance(out, Tensor) and out.dtype != torch.bool:
-            raise ExerciseError(f"dtype {out.dtype} for length={length}, expected torch.bool")
-        return out.to(DTYPE) if isinstance(out, Tensor) else out
+        mask = to_tensor(out)
+        if mask is None:
+            return out
+        if mask.dtype != torch.bool:
+            raise ExerciseError(
+                f"{name}: the mask should have dtype torch.bool (True = may attend), got {mask.dtype} "
+                f"(for length={length}); a comparison such as `a >= b` gives a bool tensor"
+            )
+        return mask.to(DTYPE)
 
     def positions(length):
         pos = torch.arange(length)

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from ..retention import decay_matrix
 from ..viz import effective_span, half_life, normalized_decay_matrix
-from . import ExerciseError, _compare_outputs, _describe_case, randint, random_cases, uniform
+from . import (ExerciseError, _compare_outputs, _describe_case, call_answer, copy_case, mutation_note, randint,
+               random_cases, uniform, wrong_type)
 
 __all__ = ["check_memory", "check_half_life_schedule", "check_normalized_decay", "half_life_schedule_reference"]
 
@@ -38,23 +39,25 @@ CLOSE: Tolerances = (("output", 1e-7, 1e-9),)
 
 def _check(answer: Callable[..., Any], reference: Callable[..., Any], cases: List[Dict[str, Any]], name: str,
            tolerances: Tolerances = CLOSE) -> str:
-    """Run ``answer(**case)`` against ``reference(**case)`` on every case, each output with its own
-    tolerance (exact whole numbers need ``rtol = 0``); raise :class:`ExerciseError` on the first difference."""
+    """Run ``reference(**case)`` then ``answer(**case)`` on every case, each output with its own
+    tolerance (exact whole numbers need ``rtol = 0``); raise :class:`ExerciseError` on the first difference.
+
+    Every output here is computed entry by entry (a per-head quantity, a decay matrix), so each entry is
+    held to its own size (``elementwise``), from 1 down to the tiny weights of distant positions."""
     for case in cases:
-        args = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in case.items()}
+        want = reference(**copy_case(case))        # first, on its own copy: the answer cannot change it
+        got, changed = call_answer(answer, case, name)
         try:
-            got = answer(**args)
-        except Exception as e:  # the reader's code crashed: say on which input
-            raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {_describe_case(case)}") from e
-        want = reference(**case)
-        if len(tolerances) > 1:
-            if not isinstance(got, tuple) or len(got) != len(tolerances):
-                raise ExerciseError(f"{name}: expected a tuple of {len(tolerances)} tensors "
-                                    f"({', '.join(t[0] for t in tolerances)}), got {type(got).__name__}")
-        else:
-            got, want = (got,), (want,)
-        for g, w, (what, rtol, atol) in zip(got, want, tolerances):
-            _compare_outputs(g, w, name, case, rtol, atol, what=what)
+            if len(tolerances) > 1:
+                if not isinstance(got, (tuple, list)) or len(got) != len(tolerances):
+                    expected = f"a tuple of {len(tolerances)} tensors ({', '.join(t[0] for t in tolerances)})"
+                    raise ExerciseError(f"{name}: {wrong_type(got, expected)}\n  on {_describe_case(case)}")
+            else:
+                got, want = (got,), (want,)
+            for g, w, (what, rtol, atol) in zip(got, want, tolerances):
+                _compare_outputs(g, w, name, case, rtol, atol, what=what, elementwise=True)
+        except ExerciseError as error:
+            raise ExerciseError(f"{error}{mutation_note(changed)}") from None
     message = f"{name}: correct on all {len(cases)} random cases."
     print(message)
     return message
@@ -214,7 +217,7 @@ def check_normalized_decay(normalized_decay: Callable[..., Tensor], n_cases: int
     except ExerciseError as error:
         try:
             long = cases[-1]
-            finite = bool(torch.isfinite(torch.as_tensor(normalized_decay(**long))).all())
+            finite = bool(torch.isfinite(torch.as_tensor(normalized_decay(**copy_case(long)))).all())
         except Exception:
             finite = True  # crashed: the message above already says so
         if not finite:

@@ -134,14 +134,16 @@ def check_decay_matrix(my_decay_matrix: Callable, n_cases: int = 25) -> None:
     ]
     try:
         with contextlib.redirect_stdout(io.StringIO()):   # one success line at the end, not two
+            # elementwise: entries go from 1 down to gamma^1100, each held to its own size
             compare_with_hints(my_decay_matrix, decay_matrix, random_cases(_decay_case, n_cases=n_cases, seed=13),
-                                name, hints)
-            compare(my_decay_matrix, decay_matrix, _overflow_cases(), name)
+                               name, hints, elementwise=True)
+            compare(my_decay_matrix, decay_matrix, _overflow_cases(), name, elementwise=True)
         # float32: compared with the float64 matrix, loosely (this case is about overflow, not rounding).
         log_decay32 = torch.tensor([math.log(0.96875)], dtype=torch.float32)
         with contextlib.redirect_stdout(io.StringIO()):
             compare(my_decay_matrix, lambda log_decay, length: decay_matrix(log_decay.double(), length),
-                    [{"log_decay": log_decay32, "length": 2900}], name + " (float32)", rtol=1e-3, atol=1e-20)
+                    [{"log_decay": log_decay32, "length": 2900}], name + " (float32)", rtol=1e-3, atol=1e-20,
+                    elementwise=True)
     except ExerciseError as e:
         text = str(e)
         if "got nan" in text or "got inf" in text or "got -inf" in text:

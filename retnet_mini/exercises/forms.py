@@ -181,5 +181,6 @@ def check_padded_decay(padded_decay: Callable[..., Tensor], n_cases: int = 25) -
         (_pad_ignored, "the columns m < pad[b] (keys at padding positions) must be 0 in sequence b."),
         (_pad_columns_only_rows, "zeroing the padded rows is not enough: mask the padded columns (keys m < pad[b])."),
     ]
+    # elementwise: a decay matrix, entries from 1 down to the weights of distant keys
     compare_with_hints(padded_decay, padded_decay_reference, random_cases(_pad_case, n_cases, seed=3),
-                               "check_padded_decay", hints)
+                       "check_padded_decay", hints, elementwise=True)

@@ -13,14 +13,16 @@ matches a known mistake, a hint; otherwise it prints one success line.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..model import RetNetConfig, RetNetLM
-from . import ExerciseError, randint, random_cases, uniform
+from . import (ExerciseError, _same, compare_numbers, mutation_note, randint, random_cases, require_function,
+               to_tensor, uniform, wrong_type)
 
 __all__ = ["check_flop_crossover", "check_greedy_decode", "check_decode_throughput"]
 
@@ -37,52 +39,11 @@ def _describe(case: Dict[str, Any]) -> str:
     return ", ".join(one(k, v) for k, v in case.items())
 
 
-def _is_number(x: Any) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)) or (
-        isinstance(x, Tensor) and x.ndim == 0 and not x.dtype == torch.bool)
-
-
-def _value(x: Any) -> float:
-    return x.item() if isinstance(x, Tensor) else x
-
-
-def _matches(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]],
-             rel_tol: float) -> bool:
-    """Whether the answer agrees with a known wrong variant on every case."""
-    try:
-        return all(math.isclose(float(_value(answer(**c))), float(variant(**c)), rel_tol=rel_tol) for c in cases)
-    except Exception:
-        return False
-
-
 def _check_scalar(answer: Callable[..., Any], reference: Callable[..., Any], cases: Iterable[Dict[str, Any]],
                   name: str, hints: Sequence[Tuple[Callable[..., Any], str]] = (), integer: bool = False,
-                  rel_tol: float = 1e-12) -> str:
-    cases = list(cases)
-    for case in cases:
-        try:
-            got = answer(**case)
-        except Exception as e:  # the reader's code crashed: say on which input
-            raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {_describe(case)}") from e
-        want = reference(**case)
-        if not _is_number(got):
-            raise ExerciseError(f"{name}: expected a number, got {type(got).__name__} ({got!r})\n"
-                                f"  on {_describe(case)}")
-        value = _value(got)
-        if integer and not float(value).is_integer():
-            raise ExerciseError(f"{name}: expected a whole number of tokens, got {value!r}\n  on {_describe(case)}")
-        if not math.isfinite(float(value)) or not math.isclose(float(value), float(want), rel_tol=rel_tol, abs_tol=0):
-            shown = (f"got {value:,}, expected {want:,}" if integer
-                     else f"got {float(value):.10g}, expected {float(want):.10g}")
-            message = f"{name}: {shown}\n  on {_describe(case)}"
-            for variant, hint in hints:
-                if _matches(answer, variant, cases, rel_tol):
-                    message += f"\n  hint: {hint}"
-                    break
-            raise ExerciseError(message)
-    message = f"{name}: correct on all {len(cases)} random cases."
-    print(message)
-    return message
+                  rel_tol: float = 1e-12) -> None:
+    """:func:`retnet_mini.exercises.compare_numbers`, cases described with thousands separators."""
+    compare_numbers(answer, reference, cases, name, hints, integer=integer, rel_tol=rel_tol, describe=_describe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,28 +136,38 @@ def check_greedy_decode(greedy_decode: Callable[..., Any], n_cases: int = 25) ->
     each new token once, continuing the state.
     """
     name = "check_greedy_decode"
+    require_function(greedy_decode, name)
     g = torch.Generator().manual_seed(82)
     for index in range(n_cases):
         case = _decode_case(g, index)
         model, prompt, n_new = case["model"], case["prompt"], case["max_new_tokens"]
         B, T = prompt.shape
-        counter = _CountTokens(model)
+        want = model.generate(prompt, n_new, temperature=0)     # first: the answer cannot change the model it used
+        # the answer gets copies of its own: changing the weights or the prompt in place reaches nothing else
+        answer_model, answer_prompt = copy.deepcopy(model), prompt.clone()
+        counter = _CountTokens(answer_model)
         try:
-            got = greedy_decode(model, prompt.clone(), n_new)
+            got = greedy_decode(answer_model, answer_prompt, n_new)
+        except ExerciseError:
+            raise
         except Exception as e:
             raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n"
                                 f"  on {_describe_decode(case)}") from e
         finally:
             counter.handle.remove()
-        want = model.generate(prompt, n_new, temperature=0)
+        changed = [k for k, mine, theirs in (("model", model, answer_model), ("prompt", prompt, answer_prompt))
+                   if not _same(mine, theirs)]
         where = f"\n  on {_describe_decode(case)}"
-        if not isinstance(got, Tensor):
-            raise ExerciseError(f"{name}: expected a tensor of token ids, got {type(got).__name__}{where}")
+        tokens = to_tensor(got)
+        if tokens is None:
+            raise ExerciseError(f"{name}: {wrong_type(got, 'a tensor of token ids')}{where}")
+        got = tokens
+        where += mutation_note(changed)
+        if got.dtype.is_floating_point or got.dtype.is_complex or got.dtype == torch.bool:
+            raise ExerciseError(f"{name}: expected integer token ids, got dtype {got.dtype}{where}")
         if tuple(got.shape) != tuple(want.shape):
             raise ExerciseError(f"{name}: your output has shape {tuple(got.shape)}, expected {tuple(want.shape)} "
                                 f"(the prompt followed by the new tokens){where}")
-        if got.dtype.is_floating_point or got.dtype == torch.bool:
-            raise ExerciseError(f"{name}: expected integer token ids, got dtype {got.dtype}{where}")
         if not torch.equal(got[:, :T].long(), prompt):
             raise ExerciseError(f"{name}: the first {T} columns must be the prompt itself{where}")
         wrong = (got.long() != want).nonzero()

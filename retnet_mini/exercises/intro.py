@@ -11,12 +11,12 @@ expected value and, when the answer matches a known mistake, a hint.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
 
 import torch
 
 from ..memory import kv_cache_numbers, max_batch_size, retnet_state_numbers
-from . import ExerciseError, random_cases
+from . import compare_numbers, random_cases
 
 __all__ = ["check_kv_cache_bytes", "check_state_bytes", "check_max_batch"]
 
@@ -34,11 +34,6 @@ def _describe(case: Dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v!r}" for k, v in case.items())
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) or (
-        hasattr(x, "item") and getattr(x, "ndim", 1) == 0)
-
-
 def _check_scalar(
     answer: Callable[..., Any],
     reference: Callable[..., Any],
@@ -47,37 +42,9 @@ def _check_scalar(
     hints: Sequence[Tuple[Callable[..., Any], str]] = (),
     integer: bool = False,
 ) -> str:
-    """Compare ``answer(**case)`` with ``reference(**case)`` (exactly: these are counts) on every case."""
-    cases: List[Dict[str, Any]] = list(cases)
-    for case in cases:
-        try:
-            got = answer(**case)
-        except Exception as e:  # the reader's code crashed: say on which input
-            raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {_describe(case)}") from e
-        want = reference(**case)
-        if not _is_number(got):
-            raise ExerciseError(f"{name}: expected a number, got {type(got).__name__} ({got!r})\n  on {_describe(case)}")
-        got_value = got.item() if hasattr(got, "item") else got
-        if integer and not float(got_value).is_integer():
-            raise ExerciseError(f"{name}: expected a whole number, got {got_value!r}\n  on {_describe(case)}")
-        if not math.isclose(float(got_value), float(want), rel_tol=1e-12, abs_tol=0):
-            message = f"{name}: got {got_value:,}, expected {want:,}\n  on {_describe(case)}"
-            for variant, hint in hints:
-                if _matches(answer, variant, cases):
-                    message += f"\n  hint: {hint}"
-                    break
-            raise ExerciseError(message)
-    message = f"{name}: correct on all {len(cases)} random cases."
-    print(message)
-    return message
-
-
-def _matches(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]]) -> bool:
-    """Whether the answer agrees with a known wrong variant on every case."""
-    try:
-        return all(math.isclose(float(answer(**c)), float(variant(**c)), rel_tol=1e-12) for c in cases)
-    except Exception:
-        return False
+    """Compare ``answer(**case)`` with ``reference(**case)`` (exactly: these are counts) on every case
+    (:func:`retnet_mini.exercises.compare_numbers`)."""
+    return compare_numbers(answer, reference, cases, name, hints, integer=integer, describe=_describe)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,7 @@ it raises :class:`ExerciseError` saying what is wrong, with a hint when the answ
 """
 from __future__ import annotations
 
-import contextlib
-import io
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +18,8 @@ from torch import Tensor
 
 from ..layers import gated_log_decay
 from ..tasks import masked_accuracy, mqar_layout
-from . import ExerciseError, compare, random_cases
+from . import (ExerciseError, _describe_case, _kind, _precision_note, as_number, call_answer, compare_with_hints,
+               random_cases, require_function, to_tensor, wrong_type)
 
 __all__ = ["check_mqar_example", "check_state_numbers", "check_gate_log_decay", "check_masked_accuracy",
            "state_numbers_reference"]
@@ -33,27 +32,6 @@ def _randint(g: torch.Generator, low: int, high: int) -> int:
 
 def _subset(g: torch.Generator, population: int, size: int) -> Tensor:
     return torch.randperm(population, generator=g)[:size]
-
-
-def _same_outputs(answer, variant, cases: List[Dict[str, Any]], name: str) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            compare(answer, variant, cases, name)
-        return True
-    except Exception:
-        return False
-
-
-def _compare_with_hints(answer, reference, cases, name, hints: Sequence[Tuple[Callable[..., Any], str]] = ()) -> None:
-    """:func:`compare` (prints one success line); on failure, a hint when the answer behaves like a known mistake."""
-    cases = list(cases)
-    try:
-        compare(answer, reference, cases, name)
-    except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases, "hint"):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,16 +72,21 @@ def check_mqar_example(mqar_example: Callable[..., Tuple[Tensor, Tensor, Tensor]
     ``T``, ``loss_mask`` (bool) True where the input is a query. See :func:`retnet_mini.tasks.mqar_layout`.
     """
     name = "check_mqar_example"
+    require_function(mqar_example, name)
 
     def checked(keys, values, queried, slots, seq_len):
+        # the types first (ids are int64, the mask is bool), with messages of their own; then the values
         out = mqar_example(keys=keys, values=values, queried=queried, slots=slots, seq_len=seq_len)
-        if not isinstance(out, tuple) or len(out) != 3:
-            raise ExerciseError(f"{name}: return a tuple (inputs, targets, loss_mask), got {type(out).__name__}")
-        x, y, mask = out
-        for label, t, dtype in (("inputs", x, torch.int64), ("targets", y, torch.int64), ("loss_mask", mask, torch.bool)):
-            if not isinstance(t, Tensor) or t.dtype != dtype:
-                got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise ExerciseError(f"{name}: {wrong_type(out, 'a tuple (inputs, targets, loss_mask)')}")
+        tensors = []
+        for label, t, dtype in zip(("inputs", "targets", "loss_mask"), out, (torch.int64, torch.int64, torch.bool)):
+            tensor = to_tensor(t)
+            if tensor is None or tensor.dtype != dtype:
+                got = tensor.dtype if tensor is not None else _kind(t)
                 raise ExerciseError(f"{name}: {label} should be a {dtype} tensor, got {got}")
+            tensors.append(tensor)
+        x, y, mask = tensors
         return x, y, mask.long()
 
     hints = [
@@ -112,12 +95,7 @@ def check_mqar_example(mqar_example: Callable[..., Tuple[Tensor, Tensor, Tensor]
         (_mqar_targets_are_inputs, "targets are the NEXT tokens: the sequence has T + 1 tokens, inputs are "
                                    "seq[:-1] and targets seq[1:]."),
     ]
-    try:
-        _compare_with_hints(checked, _mqar_reference, random_cases(_mqar_case, n_cases, seed=41), name, hints)
-    except ExerciseError as error:
-        if str(error).startswith(f"{name}: your function raised ExerciseError: "):
-            raise ExerciseError(str(error).split("ExerciseError: ", 1)[1]) from None
-        raise
+    compare_with_hints(checked, _mqar_reference, random_cases(_mqar_case, n_cases, seed=41), name, hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,19 +125,17 @@ def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: 
     name = "check_state_numbers"
     n = 0
     for n, case in enumerate(random_cases(_state_case, n_cases, seed=42), start=1):
-        try:
-            got = state_numbers(**case)
-        except Exception as e:
-            raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {case}") from e
-        want = state_numbers_reference(**case)
-        if not isinstance(got, tuple) or len(got) != 2:
-            raise ExerciseError(f"{name}: return a tuple (retnet_state, kv_cache) of two ints, got {type(got).__name__}")
-        got = tuple(g.item() if isinstance(g, Tensor) and g.numel() == 1 else g for g in got)
+        want = state_numbers_reference(**case)      # first: nothing the answer does can change it
+        got, _ = call_answer(state_numbers, case, name, describe=str)   # ints: nothing to change in place
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise ExerciseError(f"{name}: {wrong_type(got, 'a tuple (retnet_state, kv_cache) of two ints')}"
+                                f"\n  on {case}")
         for label, g_, w in zip(("RetNet state", "KV cache"), got, want):
-            if not isinstance(g_, (int, float)) or isinstance(g_, bool):
-                raise ExerciseError(f"{name}: the {label} should be an int, got {type(g_).__name__}")
+            if isinstance(g_, Tensor) and g_.numel() == 1:
+                g_ = g_.reshape(())
+            g_, dtype = as_number(g_, name, f"\n  on {case}", expected="an int", what=f"the {label}")
             if g_ != w:
-                hint = ""
+                note, hint = _precision_note(float(g_), float(w), dtype, label), ""
                 d, H, V, L, T = (case[k] for k in ("d_model", "n_heads", "value_dim", "n_layers", "context"))
                 if label == "RetNet state" and g_ == L * d * V:
                     hint = "\n  hint: each head holds a d_k x d_v matrix with d_k = d_model / H and d_v = value_dim / H."
@@ -167,7 +143,8 @@ def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: 
                     hint = "\n  hint: every layer has its own state."
                 elif label == "KV cache" and g_ == w // 2:
                     hint = "\n  hint: the cache holds a key AND a value per position and layer."
-                raise ExerciseError(f"{name}: {label}: got {g_:,}, expected {w:,}\n  on {case}{hint}")
+                shown = f"{g_:,}" if float(g_).is_integer() else repr(g_)
+                raise ExerciseError(f"{name}: {label}: got {shown}, expected {w:,}\n  on {case}{note}{hint}")
     print(f"{name}: correct on all {n} random cases.")
 
 
@@ -203,8 +180,8 @@ def check_gate_log_decay(gate_log_decay: Callable[..., Tensor], n_cases: int = 2
         (lambda x, w, b, tau: (torch.sigmoid(x @ w + b) ** (1 / tau)).transpose(1, 2),
          "return ln(gamma), not gamma."),
     ]
-    _compare_with_hints(gate_log_decay, _gate_reference, random_cases(_gate_case, n_cases, seed=43),
-                        "check_gate_log_decay", hints)
+    compare_with_hints(gate_log_decay, _gate_reference, random_cases(_gate_case, n_cases, seed=43),
+                       "check_gate_log_decay", hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,14 +201,17 @@ def _accuracy_case(g: torch.Generator) -> Dict[str, Any]:
 def check_masked_accuracy(accuracy: Callable[..., float], n_cases: int = 25) -> None:
     """Check ``accuracy(logits, targets, loss_mask) -> float``: the fraction of masked positions whose argmax
     is the target (``logits (B, T, V)``, ``targets (B, T)``, ``loss_mask (B, T)`` bool)."""
+    name = "check_masked_accuracy"
+    require_function(accuracy, name)
+
     def as_tensor(fn):
         def wrapped(**case):
             out = fn(**case)
             if isinstance(out, Tensor) and out.numel() == 1:
-                out = out.item()
-            if not isinstance(out, (int, float)) or isinstance(out, bool):
-                raise ExerciseError(f"check_masked_accuracy: return a float, got {type(out).__name__}")
-            return torch.tensor(float(out), dtype=torch.float64)
+                out = out.reshape(())                   # a one-element tensor will do
+            value, dtype = as_number(out, name, f"\n  on {_describe_case(case)}", expected="a float")
+            # a 0-dim tensor in the precision it was computed in, for compare's tolerance
+            return torch.tensor(value, dtype=dtype if dtype.is_floating_point else torch.float64)
         return wrapped
 
     hints = [
@@ -241,5 +221,5 @@ def check_masked_accuracy(accuracy: Callable[..., float], n_cases: int = 25) -> 
                    ((logits.argmax(-1) == targets) & loss_mask).double().mean().item()),
          "divide by the number of masked positions, not by all B * T positions."),
     ]
-    _compare_with_hints(as_tensor(accuracy), as_tensor(masked_accuracy), random_cases(_accuracy_case, n_cases, seed=44),
-                        "check_masked_accuracy", hints)
+    compare_with_hints(as_tensor(accuracy), as_tensor(masked_accuracy), random_cases(_accuracy_case, n_cases, seed=44),
+                       name, hints)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..training import TrainConfig, lr_at, unigram_entropy
-from . import ExerciseError, random_cases
+from . import (ExerciseError, _two_numbers, call_answer, copy_case, mutation_note, random_cases, to_tensor,
+               tolerances, wrong_type)
 
 __all__ = ["check_next_char_loss", "check_lr_at", "check_unigram_entropy", "check_loss_units"]
 
@@ -55,34 +56,32 @@ def _describe(case: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _as_tensors(out: Any, n_outputs: int, name: str, case: Dict[str, Any], scalar: bool) -> Tuple[Tensor, ...]:
-    """The answer's output(s) as float64 tensors; a clear error for a wrong type or count."""
+Output = Tuple[Tensor, torch.dtype]     # an output as float64, and the dtype it was computed in
+
+
+def _as_tensors(out: Any, n_outputs: int, name: str, case: Dict[str, Any], scalar: bool) -> Tuple[Output, ...]:
+    """The output(s) as float64 tensors, each with the dtype it was computed in (for the tolerance); a
+    clear error for a wrong type or count. Numpy arrays and numbers are converted."""
+    where = f"\n  on {_describe(case)}"
     outs = out if n_outputs > 1 else (out,)
-    if n_outputs > 1 and (not isinstance(out, tuple) or len(out) != n_outputs):
-        raise ExerciseError(
-            f"{name}: expected a tuple of {n_outputs} values, got {type(out).__name__}\n  on {_describe(case)}")
+    if n_outputs > 1 and (not isinstance(out, (tuple, list)) or len(out) != n_outputs):
+        raise ExerciseError(f"{name}: {wrong_type(out, f'a tuple of {n_outputs} values')}{where}")
     result = []
     for i, o in enumerate(outs):
         what = "the output" if n_outputs == 1 else f"output[{i}]"
-        if isinstance(o, Tensor):
-            result.append(o.detach().to(DTYPE))
-        elif scalar and isinstance(o, (int, float)) and not isinstance(o, bool):
-            result.append(torch.tensor(float(o), dtype=DTYPE))
-        else:
-            kind = "a number (or a 0-dim tensor)" if scalar else "a torch.Tensor"
-            raise ExerciseError(f"{name}: {what} should be {kind}, got {type(o).__name__} ({o!r:.60})\n"
-                                f"  on {_describe(case)}")
+        kind = "a number (or a 0-dim tensor)" if scalar else "a torch.Tensor"
+        t = to_tensor(o)
+        if t is None or t.dtype == torch.bool:
+            raise ExerciseError(f"{name}: {wrong_type(o, kind, what)}{where}")
+        if t.is_complex():
+            raise ExerciseError(f"{name}: {what} is complex ({t.dtype}), expected real numbers{where}")
+        result.append((t.to(DTYPE), t.dtype if t.is_floating_point() else DTYPE))
     return tuple(result)
 
 
-def _call(answer: Callable[..., Any], case: Dict[str, Any], name: str) -> Any:
-    args = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in case.items()}
-    try:
-        return answer(**args)
-    except ExerciseError:
-        raise
-    except Exception as e:  # the reader's code crashed: say on which input
-        raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}\n  on {_describe(case)}") from e
+def _call(answer: Callable[..., Any], case: Dict[str, Any], name: str) -> Tuple[Any, List[str]]:
+    """The answer's output on a copy of ``case`` (call it after the reference), and the inputs it changed."""
+    return call_answer(answer, case, name, describe=_describe)
 
 
 def _agrees(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]],
@@ -90,10 +89,11 @@ def _agrees(answer: Callable[..., Any], variant: Callable[..., Any], cases: List
     """Whether the answer gives the same outputs as a known wrong variant on every case."""
     try:
         for case in cases:
-            got = _as_tensors(_call(answer, case, "hint"), n_outputs, "hint", case, scalar)
-            want = _as_tensors(variant(**case), n_outputs, "hint", case, scalar)
-            for g, w in zip(got, want):
-                if g.shape != w.shape or not torch.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True).all():
+            want = _as_tensors(variant(**copy_case(case)), n_outputs, "hint", case, scalar)
+            got = _as_tensors(_call(answer, case, "hint")[0], n_outputs, "hint", case, scalar)
+            for (g, dtype), (w, _) in zip(got, want):
+                r, a = tolerances(dtype, rtol, atol)
+                if g.shape != w.shape or not torch.isclose(g, w, rtol=r, atol=a, equal_nan=True).all():
                     return False
         return True
     except Exception:
@@ -112,34 +112,44 @@ def _check(
     rtol: float = 1e-9,
     atol: float = 1e-12,
 ) -> str:
-    """Run ``answer(**case)`` against ``reference(**case)`` on every case; raise on the first difference."""
+    """Run ``reference(**case)`` then ``answer(**case)`` on every case; raise on the first difference.
+
+    ``rtol``, ``atol``: for a float64 answer; one in lower precision gets the tolerance of its dtype
+    (:func:`retnet_mini.exercises.tolerances`), relative to each entry: these outputs are single numbers
+    or computed entry by entry."""
     cases = list(cases)
     for case in cases:
-        got = _as_tensors(_call(answer, case, name), n_outputs, name, case, scalar)
-        want = _as_tensors(reference(**case), n_outputs, name, case, scalar)
-        for i, (g, w) in enumerate(zip(got, want)):
+        want = _as_tensors(reference(**copy_case(case)), n_outputs, name, case, scalar)   # first, on its own copy
+        out, changed = _call(answer, case, name)
+        note = mutation_note(changed)
+        try:
+            got = _as_tensors(out, n_outputs, name, case, scalar)
+        except ExerciseError as error:
+            raise ExerciseError(f"{error}{note}") from None
+        for i, ((g, dtype), (w, _)) in enumerate(zip(got, want)):
             what = "the output" if n_outputs == 1 else f"output[{i}]"
             if g.shape != w.shape:
                 raise ExerciseError(f"{name}: {what} has shape {tuple(g.shape)}, expected {tuple(w.shape)}\n"
-                                    f"  on {_describe(case)}")
+                                    f"  on {_describe(case)}{note}")
+            r, a = tolerances(dtype, rtol, atol)
             bad = ~torch.isfinite(g) & torch.isfinite(w)
             if bad.any():
                 index = tuple(int(j) for j in bad.nonzero()[0]) if g.dim() else ()
                 where = f" at index {index}" if g.dim() else ""
                 message = (f"{name}: {what} is not finite ({g[index].item()}){where}, expected "
-                           f"{w[index].item():.10g}\n  on {_describe(case)}")
+                           f"{w[index].item():.10g}\n  on {_describe(case)}{note}")
                 hint = next((h for v, h in hints if _agrees(answer, v, cases, n_outputs, scalar, rtol, atol)),
                             nonfinite_hint)
                 raise ExerciseError(message + (f"\n  hint: {hint}" if hint else ""))
-            close = torch.isclose(g, w, rtol=rtol, atol=atol)
+            close = torch.isclose(g, w, rtol=r, atol=a)
             if not close.all():
                 index = tuple(int(j) for j in (~close).nonzero()[0]) if g.dim() else ()
                 where = f" at index {index}" if g.dim() else ""
-                message = (f"{name}: wrong value in {what}{where}: got {g[index].item():.10g}, expected "
-                           f"{w[index].item():.10g}")
+                shown_got, shown_want = _two_numbers(g[index].item(), w[index].item(), digits=10)
+                message = f"{name}: wrong value in {what}{where}: got {shown_got}, expected {shown_want}"
                 if g.dim():
                     message += f" ({int((~close).sum())} of {close.numel()} entries differ)"
-                message += f"\n  on {_describe(case)}"
+                message += f"\n  on {_describe(case)}{note}"
                 for variant, hint in hints:
                     if _agrees(answer, variant, cases, n_outputs, scalar, rtol, atol):
                         message += f"\n  hint: {hint}"
