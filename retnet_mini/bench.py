@@ -332,7 +332,7 @@ def bench_layer(device: torch.device, quick: bool = False) -> dict:
         for proj in (msr.q_proj, msr.k_proj, msr.v_proj, msr.g_proj):
             proj(x)
         msr.out_proj(gated)
-    fns = {"msr chunkwise": lambda: msr(x, "chunkwise", None, 0, chunk),
+    fns = {"msr chunkwise": lambda: msr(x, mode="chunkwise", chunk_size=chunk),
            "attention (sdpa)": lambda: attn(x, attn_theta(attn, device), None, None, 0),
            "msr projections alone": projections,
            "chunkwise_retention alone": lambda: chunkwise_retention(q, k, v, msr.log_decay, chunk)}
@@ -347,7 +347,7 @@ def bench_layer(device: torch.device, quick: bool = False) -> dict:
                                       0.5, "lower"))
     if not quick:
         peaks = {T_: peak_call_bytes(f"msr, _ = bench_layers(device); x = torch.randn(1, {T_}, 512, device=device)",
-                                     "with torch.no_grad(): msr(x, 'chunkwise', None, 0, 256)", device)
+                                     "with torch.no_grad(): msr(x, mode='chunkwise', chunk_size=256)", device)
                  for T_ in (8192, 16384)}
         results["peak_bytes"] = peaks
         print(f"  msr peak memory: T=8192 {peaks[8192] / 2**20:.1f} MiB, T=16384 {peaks[16384] / 2**20:.1f} MiB")

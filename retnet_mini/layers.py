@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .retention import (
-    chunkwise_retention,
-    experiment_log_decay,
-    paper_log_decay,
-    parallel_retention,
-    read_state,
-    recurrent_retention,
-    state_dtype,
-    update_state,
-)
+from . import retention as _kernels     # the unchecked forms: the layer checks what it passes once
+from .retention import _check_log_decay, experiment_log_decay, paper_log_decay, state_dtype
 from .rotation import apply_rotation, check_position, rope_theta, rotation_tables, torchscale_theta
 
 MODES = ("parallel", "recurrent", "chunkwise")
@@ -34,7 +26,7 @@ THETAS = ("rope", "torchscale")
 
 def embed_tokens(embedding: nn.Module, tokens: Tensor, previous_tokens: Optional[Tensor]) -> Tensor:
     """``embedding(tokens)``, or for an embedding that also reads the token before each position (one
-    with ``reads_previous_token = True``, e.g. :class:`retnet_mini.tasks.TokenShiftEmbedding`)
+    with ``reads_previous_token = True``, e.g. :class:`TokenShiftEmbedding`)
     ``embedding(tokens, previous_tokens)``, where ``previous_tokens: (B, 1)`` is the token before
     ``tokens[:, 0]`` (None at the start of a sequence). Shared by both language models."""
     if getattr(embedding, "reads_previous_token", False):
@@ -166,20 +158,23 @@ class MultiScaleRetention(nn.Module):
                 self.decay_proj.bias.copy_(gate_logit_for(paper_log_decay(self.n_heads)))
 
     def fixed_log_decay(self, dtype: torch.dtype) -> Tensor:
-        """The fixed ``ln(gamma)`` buffer ``(H,)`` in ``dtype``.
+        """The fixed ``ln(gamma)`` buffer ``(H,)`` in ``dtype``, its values checked (finite, ``<= 0``).
 
-        The buffer keeps the schedule's float64 values until the model itself is converted; a conversion
-        is made once and reused while the buffer is unchanged (a decoding step would otherwise convert,
-        and the retention functions check again, at every layer and token)."""
+        The layer calls the retention kernels without their per-call checks, so it checks its own decay:
+        once, and again whenever the buffer is replaced or modified in place (its version changes). The
+        buffer keeps the schedule's float64 values until the model itself is converted; a conversion is
+        made once and reused while the buffer is unchanged (a decoding step would otherwise convert at
+        every layer and token)."""
         buffer = self.log_decay
-        if buffer.dtype == dtype:
-            return buffer
         if buffer.is_inference():         # made under torch.inference_mode(): no version to watch
+            _check_log_decay(buffer, self.n_heads)
             return buffer.to(dtype)
         cached = self._converted_decay    # (the buffer, its version, the conversion)
         if cached is None or cached[0] is not buffer or cached[1] != buffer._version or cached[2].dtype != dtype:
+            _check_log_decay(buffer, self.n_heads)
             with torch.inference_mode(False):     # an ordinary tensor, usable later with autograd too
-                cached = self._converted_decay = (buffer, buffer._version, buffer.to(dtype))
+                converted = buffer if buffer.dtype == dtype else buffer.to(dtype)
+                cached = self._converted_decay = (buffer, buffer._version, converted)
         return cached[2]
 
     def state_shape(self, batch: int) -> Tuple[int, int, int, int]:
@@ -187,7 +182,7 @@ class MultiScaleRetention(nn.Module):
         return (batch, self.n_heads, self.key_dim, self.value_dim + int(self.rescale))
 
     def forward(
-        self, x: Tensor, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
+        self, x: Tensor, *, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
         chunk_size: int = 64, inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state.
@@ -217,7 +212,7 @@ class MultiScaleRetention(nn.Module):
             log_decay = self.fixed_log_decay(compute)
         if self.rescale:  # a column of ones makes retention also return rescaling 3's row sums
             v = torch.cat([v, v.new_ones(B, self.n_heads, T, 1)], dim=-1)
-        o, state = retention(q, k, v, log_decay, mode, state, chunk_size, inplace)
+        o, state = retention(q, k, v, log_decay, mode=mode, state=state, chunk_size=chunk_size, inplace=inplace)
         if self.rescale:
             o, row_sum = o[..., :-1], o[..., -1:]
             factor = rescale_factors(log_decay, offset, T)                       # (H, T, 1)
@@ -229,19 +224,29 @@ class MultiScaleRetention(nn.Module):
 
 
 def retention(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, mode: str, state: Optional[Tensor], chunk_size: int,
-    inplace: bool = False,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, mode: str, state: Optional[Tensor] = None,
+    chunk_size: int = 64, inplace: bool = False,
 ) -> Tuple[Tensor, Tensor]:
-    """Dispatch to one of the three forms; every mode returns ``(o, state)`` and continues ``state``."""
+    """Dispatch to one of the three forms; every mode returns ``(o, state)`` and continues ``state``.
+
+    For the layer, which has checked what it passes (shapes from its own projections, a decay from
+    :meth:`MultiScaleRetention.fixed_log_decay` or :func:`gated_log_decay`), in one dtype (the compute
+    dtype): the unchecked kernels of ``retention.py``, with autocast off (under autocast their matrix
+    products would be cast back to half precision). ``inplace`` (recurrent, no autograd): update ``state``.
+    """
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return retention(q, k, v, log_decay, mode=mode, state=state, chunk_size=chunk_size, inplace=inplace)
     if mode == "recurrent":
-        return recurrent_retention(q, k, v, log_decay, state, inplace=inplace and state is not None)
+        return _kernels._recurrent(q, k, v, log_decay, state, inplace=inplace and state is not None)
     if mode == "chunkwise":
-        return chunkwise_retention(q, k, v, log_decay, chunk_size, state)
+        return _kernels._chunkwise(q, k, v, log_decay, chunk_size, state)
     if mode == "parallel":
-        o = parallel_retention(q, k, v, log_decay)
+        o = _kernels._parallel(q, k, v, log_decay)
         if state is not None:
-            o = o + read_state(q, state, log_decay)
-        return o, update_state(state, k, v, log_decay)
+            o = o + _kernels._read_state(q, state, log_decay)
+        return o, _kernels._update_state(state, k, v, log_decay)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
@@ -322,8 +327,63 @@ class RetNetBlock(nn.Module):
         self.ffn_norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: Tensor, mode: str, state: Optional[Tensor], offset: int, chunk_size: int,
-                inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None):
-        h, state = self.retention(self.retention_norm(x), mode, state, offset, chunk_size, inplace, rotation)
+    def forward(self, x: Tensor, *, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
+                chunk_size: int = 64, inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None):
+        h, state = self.retention(self.retention_norm(x), mode=mode, state=state, offset=offset,
+                                  chunk_size=chunk_size, inplace=inplace, rotation=rotation)
         x = x + h
         return x + self.ffn(self.ffn_norm(x)), state
+
+
+# ---------------------------------------------------------------------------------------------
+# A token shift: each position also sees the token before it (the limits chapter)
+# ---------------------------------------------------------------------------------------------
+class TokenShiftEmbedding(nn.Embedding):
+    """``x_t = E[token_t] + P[token_{t-1}]`` (``P[token_{-1}] = 0``): an embedding that adds the previous token's.
+
+    Recall needs each value bound to the key just before it. Without help a model must first learn a
+    "previous token" mechanism in one layer before a second layer can look keys up, and small models sit
+    on a long plateau before they do. Successors of RetNet build the shift in: RWKV's token shift, H3's
+    shift SSM, the short convolutions of Mamba, Based and Zoology's models. This is the simplest of them
+    (a width-2 convolution over embeddings). ``weight`` is ``E`` (shared with a tied output layer),
+    ``previous`` is ``P``.
+
+    A call that continues a state needs the token before its first one: the models keep it in their
+    state (``RetNetState.last_tokens``, ``KVCache.last_tokens``) because this embedding says
+    ``reads_previous_token = True``, so prefill-then-continue and ``generate`` equal the full forward.
+    """
+
+    reads_previous_token = True     # the models look for this flag (retnet_mini.layers.embed_tokens)
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__(num_embeddings, embedding_dim)
+        self.previous = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.normal_(self.previous, std=embedding_dim ** -0.5)
+
+    def forward(self, tokens: Tensor, previous_tokens: Optional[Tensor] = None) -> Tensor:
+        """``tokens: (B, T)`` -> ``(B, T, d)``; ``previous_tokens: (B, 1)``, the token before ``tokens[:, 0]``
+        (None: the sequence starts here, so position 0 has no predecessor)."""
+        if previous_tokens is None:
+            previous = F.pad(F.embedding(tokens[:, :-1], self.previous), (0, 0, 1, 0))
+        else:
+            if previous_tokens.shape != (tokens.shape[0], 1):
+                raise ValueError(
+                    f"previous_tokens must have shape ({tokens.shape[0]}, 1), got {tuple(previous_tokens.shape)}"
+                )
+            previous = F.embedding(torch.cat([previous_tokens, tokens[:, :-1]], dim=1), self.previous)
+        return super().forward(tokens) + previous
+
+
+def add_token_shift(model: nn.Module) -> nn.Module:
+    """Replace ``model.embed`` (an ``nn.Embedding``) by a :class:`TokenShiftEmbedding` keeping its weights.
+
+    Works for :class:`~retnet_mini.model.RetNetLM` and :class:`~retnet_mini.transformer.TransformerLM`;
+    returns the model (changed in place). A tied output layer stays tied (the same ``weight``).
+    """
+    old = getattr(model, "embed", None)
+    if not isinstance(old, nn.Embedding) or isinstance(old, TokenShiftEmbedding):
+        raise ValueError("add_token_shift needs a model whose .embed is a plain nn.Embedding")
+    new = TokenShiftEmbedding(old.num_embeddings, old.embedding_dim).to(old.weight.device, old.weight.dtype)
+    new.weight = old.weight
+    model.embed = new
+    return model

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
@@ -16,6 +15,7 @@ from .layers import (
 )
 from .retention import state_dtype
 from .rotation import check_position, rotation_tables
+from .sampling import check_generate_args, decode_loop
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class RetNetState:
 
     ``layers[i]``: ``(B, H, d_k, d_v)`` (``d_v + 1`` with rescaling); ``offset``: tokens seen so far, an int
     >= 0. ``last_tokens``: ``(B, 1)``, the last token seen, kept only for a model whose embedding reads
-    the previous token (a token shift, :class:`retnet_mini.tasks.TokenShiftEmbedding`); None otherwise.
+    the previous token (a token shift, :class:`retnet_mini.layers.TokenShiftEmbedding`); None otherwise.
     Its size does not depend on ``offset``: that is RetNet's O(1) inference memory.
     """
 
@@ -182,7 +182,7 @@ class RetNetLM(nn.Module):
     def _forward(self, tokens: Tensor, mode: str, state: Optional[RetNetState], chunk_size: int,
                  inplace: bool = False):
         """The forward pass without argument checks; ``inplace`` (recurrent mode, no autograd) updates the
-        layer states of ``state`` in place: for decoding loops that own their state."""
+        layer states of ``state`` in place (see :meth:`step`)."""
         offset = 0 if state is None else state.offset
         x = embed_tokens(self.embed, tokens, None if state is None else state.last_tokens)
         # every layer rotates by the same theta: compute the cos/sin tables once
@@ -190,7 +190,8 @@ class RetNetLM(nn.Module):
                                    state_dtype(projection_dtype(x)), x.device)   # see MultiScaleRetention
         new_states = []
         for i, block in enumerate(self.blocks):
-            x, s = block(x, mode, None if state is None else state.layers[i], offset, chunk_size, inplace, rotation)
+            x, s = block(x, mode=mode, state=None if state is None else state.layers[i], offset=offset,
+                         chunk_size=chunk_size, inplace=inplace, rotation=rotation)
             new_states.append(s)
         logits = self.lm_head(self.final_norm(x))
         return logits, RetNetState(new_states, offset + tokens.shape[1], last_tokens_for(self.embed, tokens))
@@ -254,10 +255,42 @@ class RetNetLM(nn.Module):
         self._check_forward_args(prompt_tokens, prefill, None, None)
         with torch.inference_mode():
             logits, state = self._forward(prompt_tokens, prefill, None, self.config.chunk_size)
-        return decode_loop(
-            lambda tok, st: self._forward(tok, "recurrent", st, 1, inplace=True), prompt_tokens, logits[:, -1], state,
-            max_new_tokens, temperature, top_k, generator,
-        )
+        step = lambda tok, st: self.step(tok, st, check=False)      # sampled ids and our own state
+        return decode_loop(step, prompt_tokens, logits[:, -1], state, max_new_tokens, temperature, top_k, generator)
+
+    def step(self, tokens: Tensor, state: RetNetState, *, check: bool = True) -> Tensor:
+        """One decoding step with the recurrent form (eq. 6): the next token of each sequence in, its
+        logits out, and ``state`` moved on **in place** (its layer states, ``offset`` and ``last_tokens``).
+
+        This is what :meth:`generate`, the benchmarks and the inference chapter decode with: no new state
+        per token, no autograd (it runs under ``torch.inference_mode()``; the logits are inference tensors).
+
+        Args:
+            tokens: ``(B, 1)`` or ``(B,)`` int64 ids, at position ``state.offset``.
+            state: a :class:`RetNetState` this model returned, or :meth:`init_state`; its layer states
+                must be contiguous and of dtype ``state_dtype`` of the model's (which both are).
+            check: check ``tokens`` and ``state`` first (shapes, ids in range: a read-back, so a stall on a
+                GPU). ``generate`` passes ``check=False``: its tokens are sampled, its state its own.
+        Returns:
+            ``(B, vocab_size)`` logits for the token after ``tokens``.
+        """
+        if tokens.ndim == 1:
+            tokens = tokens[:, None]
+        if check:
+            self._check_forward_args(tokens, "recurrent", state, None)
+            if tokens.shape[1] != 1:
+                raise ValueError(f"step takes one token per sequence, (B, 1) or (B,); got shape {tuple(tokens.shape)}")
+            want = state_dtype(projection_dtype(self.embed.weight))
+            for i, s in enumerate(state.layers):
+                if not s.is_contiguous() or s.dtype != want:
+                    raise ValueError(
+                        f"state.layers[{i}] must be a contiguous {want} tensor to be updated in place, got "
+                        f"dtype {s.dtype}, contiguous={s.is_contiguous()} (use the model's own states)"
+                    )
+        with torch.inference_mode():
+            logits, moved = self._forward(tokens, "recurrent", state, 1, inplace=True)
+        state.offset, state.last_tokens = moved.offset, moved.last_tokens
+        return logits[:, -1]
 
     @classmethod
     def from_torchscale(cls, state_dict: dict, **official_config) -> "RetNetLM":
@@ -295,69 +328,6 @@ def check_last_tokens(embedding: nn.Module, state, tokens: Tensor) -> None:
     if not isinstance(last, Tensor) or last.shape != (tokens.shape[0], 1) or last.dtype != tokens.dtype:
         got = f"shape {tuple(last.shape)}, dtype {last.dtype}" if isinstance(last, Tensor) else type(last).__name__
         raise ValueError(f"state.last_tokens must be a ({tokens.shape[0]}, 1) {tokens.dtype} tensor, got {got}")
-
-
-def check_generate_args(prompt_tokens, max_new_tokens, temperature, top_k, vocab_size) -> None:
-    """Shared by RetNetLM and TransformerLM: clear errors for bad generation arguments."""
-    if not isinstance(prompt_tokens, Tensor) or prompt_tokens.ndim != 2 or prompt_tokens.shape[1] < 1:
-        raise ValueError("prompt_tokens must be an int64 tensor of shape (B, T) with T >= 1")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
-            or not math.isfinite(temperature) or temperature < 0):
-        raise ValueError(
-            f"temperature must be a finite number >= 0 (0 for greedy decoding, 1 to sample from the model's "
-            f"distribution), got {temperature!r}"
-        )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
-                              or not 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be None or an int in [1, {vocab_size}] (vocab_size), got {top_k!r}")
-
-
-def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
-    """``logits: (B, V)`` -> ``(B,)`` next ids: greedy at temperature 0, else top-k sampling.
-
-    The logits are shifted so that each row's largest is 0 before dividing by the temperature: a tiny temperature then sends the others to ``-inf`` (sampling becomes greedy, ties drawn at
-    random) instead of overflowing to ``inf`` and a NaN distribution.
-    """
-    if temperature == 0:
-        return logits.argmax(-1)
-    raw = logits
-    # divided in float64 (a temperature of 1e-300 is not 0 there), sampled in float32 as before
-    logits = logits.double()
-    logits = ((logits - logits.amax(-1, keepdim=True)) / float(temperature)).float()
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    try:
-        return torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
-    except RuntimeError:   # a NaN or +inf logit (a diverged model) reaches the sampler
-        if not (raw.isnan() | raw.isposinf()).any():
-            raise
-        raise FloatingPointError(
-            "the model's logits contain NaN or +inf, so no token can be sampled; check the model's weights "
-            "and inputs"
-        ) from None
-
-
-def decode_loop(step, prompt_tokens, last_logits, state, max_new_tokens, temperature, top_k, generator) -> Tensor:
-    """Append ``max_new_tokens`` tokens; ``step(tokens (B, 1), state) -> (logits, state)``.
-
-    The loop never reads a value back to the host, so on a GPU the steps queue up without stalls. It runs
-    under ``torch.inference_mode()``, which saves the autograd bookkeeping ``no_grad`` still does on every
-    small operation of a step; the tokens come back as an ordinary tensor (one made in inference mode
-    could not be edited in place afterwards).
-    """
-    with torch.inference_mode():
-        out = [prompt_tokens]
-        for i in range(max_new_tokens):
-            next_tokens = sample_next(last_logits, temperature, top_k, generator)[:, None]
-            out.append(next_tokens)
-            if i + 1 < max_new_tokens:
-                logits, state = step(next_tokens, state)
-                last_logits = logits[:, -1]
-        tokens = torch.cat(out, dim=1)
-    return tokens.clone()
 
 
 # ---------------------------------------------------------------------------------------------

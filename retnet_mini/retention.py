@@ -31,8 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import weakref
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -50,8 +49,6 @@ __all__ = [
 ]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-# Fixed decays (shape (H,)) whose values were checked, by id: (weak reference, version checked at).
-_checked_decays: Dict[int, Tuple["weakref.ref", int]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,11 +185,16 @@ def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Te
     """
     _check_inputs(q, k, v, log_decay, state=None)
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
+    return _from_compute_dtype(_parallel(q, k, v, log_decay), out_dtype, "parallel_retention")
+
+
+def _parallel(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+    """:func:`parallel_retention` without checks, in the inputs' (compute) dtype."""
     D = _decay_factors(_positionwise(log_decay, q.shape[2]), fixed=log_decay.ndim == 1)[0]
     o = ((q @ k.transpose(-1, -2)) * D) @ v             # a fixed D broadcasts over the batch
     if not _all_finite(o):    # a NaN or inf somewhere: keep it out of earlier positions (see _mask_future)
         o = _mask_future(q, k, v, lambda v_: (_mask_future_scores((q @ k.transpose(-1, -2)) * D) @ v_, None))[0]
-    return _from_compute_dtype(o, out_dtype, "parallel_retention")
+    return o
 
 
 @_outside_autocast
@@ -225,6 +227,13 @@ def recurrent_retention(
             + f", grad enabled={torch.is_grad_enabled()}"
         )
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
+    o, S = _recurrent(q, k, v, log_decay, state, inplace=inplace)
+    return _from_compute_dtype(o, out_dtype, "recurrent_retention"), S
+
+
+def _recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor],
+               inplace: bool = False) -> Tuple[Tensor, Tensor]:
+    """:func:`recurrent_retention` without checks, in the inputs' (compute) dtype."""
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
     # Batch and heads are folded into one dim so each step is two small 3-D batched products (4-D
@@ -238,19 +247,24 @@ def recurrent_retention(
         gammas = torch.exp(log_decay).reshape(B * H, T, 1, 1).unbind(1)
     keys, values = k.reshape(B * H, T, d_k, 1).unbind(1), v.reshape(B * H, T, 1, d_v).unbind(1)
     queries = q.reshape(B * H, T, 1, d_k).unbind(1)
+    # Without autograd the state is updated in place: the caller's with inplace=True, else a buffer of our
+    # own, made at the first position (one new state per call, not two per position: on a CPU every fresh
+    # buffer of a large state costs page faults). With autograd every position keeps its own tensor.
+    recording = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, log_decay, state))
+    own = inplace or state is None or S.data_ptr() != state.data_ptr()      # may S be written?
     outputs = []
     for gamma, k_n, v_n, q_n in zip(gammas, keys, values, queries):
         # S_n = gamma S_{n-1} + k_n^T v_n (an outer product), then o_n = q_n S_n
-        if inplace:
+        if recording:
+            S = torch.addcmul(S * gamma, k_n, v_n)
+        elif own:
             S.mul_(gamma).baddbmm_(k_n, v_n)
         else:
-            S = torch.addcmul(S * gamma, k_n, v_n)
+            S, own = torch.mul(S, gamma).baddbmm_(k_n, v_n), True
         outputs.append(torch.bmm(q_n, S))                              # (B*H, 1, d_v)
     o = outputs[0] if T == 1 else torch.cat(outputs, dim=1) if outputs else v.new_zeros(B * H, 0, d_v)
-    return (
-        _from_compute_dtype(o.view(B, H, T, d_v), out_dtype, "recurrent_retention"),
-        S.view(B, H, d_k, d_v),
-    )
+    return o.view(B, H, T, d_v), S.view(B, H, d_k, d_v)
 
 
 @_outside_autocast
@@ -284,13 +298,19 @@ def chunkwise_retention(
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
+    o, R = _chunkwise(q, k, v, log_decay, chunk_size, state)
+    return _from_compute_dtype(o, out_dtype, "chunkwise_retention"), R
+
+
+def _chunkwise(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int,
+               state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """:func:`chunkwise_retention` without checks, in the inputs' (compute) dtype."""
     B, H, T, d_k = q.shape
-    d_v = v.shape[-1]
-    R = _initial_state(state, B, H, d_k, d_v, q)
+    R = _initial_state(state, B, H, d_k, v.shape[-1], q)
     o, R_out = _chunks(q, k, v, log_decay, chunk_size, R, careful=False)
     if not _all_finite(o):    # a NaN or inf somewhere: keep it out of earlier positions (see _mask_future)
         o, R_out = _mask_future(q, k, v, lambda v_: _chunks(q, k, v_, log_decay, chunk_size, R, careful=True))
-    return _from_compute_dtype(o, out_dtype, "chunkwise_retention"), R_out
+    return o, R_out
 
 
 def _chunks(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, R: Tensor,
@@ -425,8 +445,13 @@ def read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
     values_like = q.new_empty(q.shape[:3] + (state.shape[-1],))   # only its shape is checked
     _check_inputs(q, q, values_like, log_decay, state)
     q, _, _, log_decay, out_dtype = _to_compute_dtype(q, q, q, log_decay)
+    return _from_compute_dtype(_read_state(q, state, log_decay), out_dtype, "read_state")
+
+
+def _read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
+    """:func:`read_state` without checks, in q's (compute) dtype."""
     xi = _decay_factors(_positionwise(log_decay, q.shape[2]), log_decay.ndim == 1)[1]
-    return _from_compute_dtype((q @ state.to(q.dtype)) * xi, out_dtype, "read_state")
+    return (q @ state.to(q.dtype)) * xi
 
 
 @_outside_autocast
@@ -438,6 +463,11 @@ def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tenso
     """
     _check_inputs(k, k, v, log_decay, state)
     k, _, v, log_decay, _ = _to_compute_dtype(k, k, v, log_decay)
+    return _update_state(state, k, v, log_decay)
+
+
+def _update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+    """:func:`update_state` without checks, in k's (compute) dtype."""
     B, H, L, d_k = k.shape
     if L == 0:                    # no positions: gamma^0 S = S
         return _initial_state(state, B, H, d_k, v.shape[-1], k).clone()
@@ -496,29 +526,14 @@ def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length
         raise ValueError(f"log_decay must have shape {want}, got {_describe(log_decay)}")
     if not log_decay.is_floating_point():
         raise TypeError(f"log_decay must be a floating-point tensor, got {_describe(log_decay)}")
-    # A model passes the same decay buffer at every step: checking its values again each time costs a few
-    # kernels per layer and token on a CPU, and a stall on a GPU (the result is read back). A fixed decay
-    # checked once is trusted until it is modified in place (its version changes) or freed (the weak
-    # reference dies, so a new tensor that reuses its id is checked afresh). Tensors made under
-    # torch.inference_mode() have no version to watch: they are checked every time.
-    trackable = log_decay.ndim == 1 and not log_decay.is_inference()
-    if trackable and _is_checked(log_decay):
-        return
+    # Values are checked at every call of a public function (a read-back: a stall on a GPU). The model's
+    # layers call the unchecked kernels (_parallel, _recurrent, ...) and check their fixed decay once.
     if not torch.isfinite(log_decay).all():
         raise ValueError("log_decay must be finite: ln(gamma) with 0 < gamma <= 1")
     if (log_decay > 0).any():
         raise ValueError(
             f"log_decay must be <= 0 (gamma <= 1; gamma = 1 is no decay), got max {log_decay.max().item():.6g}"
         )
-    if trackable:
-        key = id(log_decay)
-        _checked_decays[key] = (weakref.ref(log_decay, lambda _, key=key: _checked_decays.pop(key, None)),
-                                log_decay._version)
-
-
-def _is_checked(log_decay: Tensor) -> bool:
-    entry = _checked_decays.get(id(log_decay))
-    return entry is not None and entry[0]() is log_decay and entry[1] == log_decay._version
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor]) -> None:

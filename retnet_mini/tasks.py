@@ -15,8 +15,8 @@ Attention can look an answer up in its KV cache at any distance. A recurrent mod
 its state: with ``N`` pairs (or ``L`` symbols) to remember and a state of fixed size, recall must fail
 once ``N`` (or ``L``) is large enough, and a fixed decay forgets early pairs whatever the state size.
 
-:func:`train_on_task` and :func:`evaluate_on_task` are the small training loop the chapter
-``book/limits.ipynb`` uses (fresh random batches every step, masked loss, AdamW), for any model called as
+:func:`train_on_task` (the book's training loop with fresh random batches every step and a masked
+loss) and :func:`evaluate_on_task` are what the chapter ``book/limits.ipynb`` uses, for any model called as
 ``logits, state = model(tokens)`` (:class:`~retnet_mini.model.RetNetLM`,
 :class:`~retnet_mini.transformer.TransformerLM`).
 """
@@ -39,8 +39,6 @@ __all__ = [
     "copy_task",
     "masked_cross_entropy",
     "masked_accuracy",
-    "TokenShiftEmbedding",
-    "add_token_shift",
     "TaskHistory",
     "train_on_task",
     "evaluate_on_task",
@@ -240,60 +238,6 @@ def masked_accuracy(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> float
 
 
 # ---------------------------------------------------------------------------------------------
-# A token shift: each position also sees the token before it
-# ---------------------------------------------------------------------------------------------
-class TokenShiftEmbedding(nn.Embedding):
-    """``x_t = E[token_t] + P[token_{t-1}]`` (``P[token_{-1}] = 0``): an embedding that adds the previous token's.
-
-    Recall needs each value bound to the key just before it. Without help a model must first learn a
-    "previous token" mechanism in one layer before a second layer can look keys up, and small models sit
-    on a long plateau before they do. Successors of RetNet build the shift in: RWKV's token shift, H3's
-    shift SSM, the short convolutions of Mamba, Based and Zoology's models. This is the simplest of them
-    (a width-2 convolution over embeddings). ``weight`` is ``E`` (shared with a tied output layer),
-    ``previous`` is ``P``.
-
-    A call that continues a state needs the token before its first one: the models keep it in their
-    state (``RetNetState.last_tokens``, ``KVCache.last_tokens``) because this embedding says
-    ``reads_previous_token = True``, so prefill-then-continue and ``generate`` equal the full forward.
-    """
-
-    reads_previous_token = True     # the models look for this flag (retnet_mini.layers.embed_tokens)
-
-    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
-        super().__init__(num_embeddings, embedding_dim)
-        self.previous = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
-        nn.init.normal_(self.previous, std=embedding_dim ** -0.5)
-
-    def forward(self, tokens: Tensor, previous_tokens: Optional[Tensor] = None) -> Tensor:
-        """``tokens: (B, T)`` -> ``(B, T, d)``; ``previous_tokens: (B, 1)``, the token before ``tokens[:, 0]``
-        (None: the sequence starts here, so position 0 has no predecessor)."""
-        if previous_tokens is None:
-            previous = F.pad(F.embedding(tokens[:, :-1], self.previous), (0, 0, 1, 0))
-        else:
-            if previous_tokens.shape != (tokens.shape[0], 1):
-                raise ValueError(
-                    f"previous_tokens must have shape ({tokens.shape[0]}, 1), got {tuple(previous_tokens.shape)}"
-                )
-            previous = F.embedding(torch.cat([previous_tokens, tokens[:, :-1]], dim=1), self.previous)
-        return super().forward(tokens) + previous
-
-
-def add_token_shift(model: nn.Module) -> nn.Module:
-    """Replace ``model.embed`` (an ``nn.Embedding``) by a :class:`TokenShiftEmbedding` keeping its weights.
-
-    Works for :class:`~retnet_mini.model.RetNetLM` and :class:`~retnet_mini.transformer.TransformerLM`;
-    returns the model (changed in place). A tied output layer stays tied (the same ``weight``).
-    """
-    old = getattr(model, "embed", None)
-    if not isinstance(old, nn.Embedding) or isinstance(old, TokenShiftEmbedding):
-        raise ValueError("add_token_shift needs a model whose .embed is a plain nn.Embedding")
-    new = TokenShiftEmbedding(old.num_embeddings, old.embedding_dim).to(old.weight.device, old.weight.dtype)
-    new.weight = old.weight
-    model.embed = new
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
 # A small training loop for the probes
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -320,10 +264,14 @@ def train_on_task(
 ) -> TaskHistory:
     """Train ``model`` for ``steps`` AdamW updates on fresh batches ``make_batch(generator)``, masked loss.
 
-    The learning rate warms up linearly over ``warmup_steps`` then follows a cosine to 10% of ``lr``.
-    Batches come from a CPU ``torch.Generator`` seeded with ``seed`` (the same batches on any device) and
-    are moved to ``device`` (default: the model's). A non-finite loss raises ``FloatingPointError``.
+    The book's one training loop, :func:`retnet_mini.training.train`, with a task's settings: the learning
+    rate warms up linearly over ``warmup_steps`` then follows a cosine down to 10% of ``lr``; batches come
+    from a CPU ``torch.Generator`` seeded with ``seed`` (the same batches on any device) and are moved to
+    ``device`` (default: the model's); only the ``loss_mask`` positions are scored; no validation, no
+    output. A non-finite loss raises ``FloatingPointError``. The model is left in eval mode.
     """
+    from .training import TrainConfig, train     # training imports the models; tasks stays below them
+
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(make_batch):
@@ -335,30 +283,13 @@ def train_on_task(
     _finite("grad_clip", grad_clip, strict=True)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(dev).train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(seed)
-    history = TaskHistory()
-    for step in range(steps):
-        progress = max(0.0, (step - warmup_steps) / max(1, steps - warmup_steps))
-        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * scale
-        x, y, mask = (t.to(dev) for t in make_batch(generator))
-        loss = masked_cross_entropy(_logits(model(x)), y, mask)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; try a lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        history.loss.append(loss.item())
+    batch_size = make_batch(torch.Generator().manual_seed(seed))[0].shape[0]
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, min_lr=0.1 * lr, warmup_steps=warmup_steps,
+                         weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, eval_interval=None)
+    dev = device if device is not None else next(model.parameters()).device
+    history = train(model, make_batch, None, config, device=dev, progress=False)
     model.eval()
-    return history
+    return TaskHistory(loss=history.train_loss)
 
 
 @torch.no_grad()

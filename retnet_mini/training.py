@@ -51,7 +51,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -397,6 +397,24 @@ def _check_ids(data: torch.Tensor, name: str, seq_len: int) -> None:
         )
 
 
+def _checked_task_batch(batch: Any, batch_size: int) -> tuple:
+    """``(inputs, targets, loss_mask or None)`` from what a batch function returned, checked."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError("a train_data function must return (inputs, targets) or (inputs, targets, loss_mask), "
+                         f"got {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+    x, y, mask = (*batch, None) if len(batch) == 2 else batch
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.dim() != 2 or y.shape != x.shape \
+            or x.is_floating_point() or y.is_floating_point():
+        raise ValueError("a train_data function's inputs and targets must be integer (B, T) tensors of one shape")
+    if x.shape[0] != batch_size:
+        raise ValueError(f"the batches have B = {x.shape[0]} rows but TrainConfig.batch_size is {batch_size}")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != x.shape):
+        raise ValueError("a train_data function's loss_mask must be a bool tensor of the inputs' shape (B, T)")
+    if mask is not None and not bool(mask.any()):
+        raise ValueError("a batch's loss_mask selects no position: nothing to train on")
+    return x, y, mask
+
+
 def _fingerprint(data: torch.Tensor) -> str:
     # A hash of the training ids: resuming on different data would silently break exactness.
     return hashlib.sha256(data.detach().cpu().long().contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -739,8 +757,8 @@ def unigram_entropy(data: torch.Tensor | str) -> float:
 
 def train(
     model: nn.Module,
-    train_data: torch.Tensor,
-    val_data: torch.Tensor,
+    train_data: torch.Tensor | Callable[[torch.Generator], tuple],
+    val_data: torch.Tensor | None,
     config: TrainConfig | None = None,
     *,
     forward_kwargs: dict | None = None,
@@ -751,6 +769,12 @@ def train(
     progress: bool = True,
 ) -> History:
     """Train ``model`` on ``train_data`` (N_train,) ids, validating on ``val_data`` (N_val,); return the history.
+
+    ``train_data`` may instead be a function ``generator -> (inputs, targets)`` or ``(inputs, targets,
+    loss_mask)``, ``(B, T)`` tensors, that draws a fresh batch from the batch generator at every step (the
+    synthetic tasks of :mod:`retnet_mini.tasks`); with a ``loss_mask`` only its True positions are scored.
+    ``config.batch_size`` must then be the batches' B (``seq_len`` is not used). ``val_data=None``: no
+    validation.
 
     - ``forward_kwargs``: passed to every forward call, e.g. ``{"mode": "chunkwise", "chunk_size": 64}``.
     - ``device``: default ``"cuda"`` if available (under torchrun ``cuda:LOCAL_RANK``), else ``"cpu"``;
@@ -788,12 +812,20 @@ def train(
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dev = torch.device(device)
     precision = choose_precision(dev, config.precision)
-    _check_ids(train_data, "train_data", config.seq_len)
-    _check_ids(val_data, "val_data", config.seq_len)
+    draws = callable(train_data) and not isinstance(train_data, torch.Tensor)
+    if draws:   # a batch from a fresh generator, to check the batches and fingerprint the task
+        probe = _checked_task_batch(train_data(torch.Generator().manual_seed(config.seed)), config.batch_size)
+        ids = [probe[0], probe[1]]
+    else:
+        _check_ids(train_data, "train_data", config.seq_len)
+        ids = [train_data]
+    if val_data is not None:
+        _check_ids(val_data, "val_data", config.seq_len)
+        ids.append(val_data)
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size is not None:
-        top = int(max(train_data.max(), val_data.max()))
-        if top >= vocab_size or int(min(train_data.min(), val_data.min())) < 0:
+        top = max(int(t.max()) for t in ids)
+        if top >= vocab_size or min(int(t.min()) for t in ids) < 0:
             raise ValueError(f"token ids must lie in [0, {vocab_size}) for this model; data has id {top}")
     stop = config.steps if until_step is None else until_step
     if not 1 <= stop <= config.steps:
@@ -807,7 +839,7 @@ def train(
     scaler = torch.amp.GradScaler(dev.type, enabled=precision.loss_scaling)   # a no-op when disabled
     batch_gen = torch.Generator().manual_seed(config.seed)  # on CPU: same batches on any device
     history, step, saved_step = History(), 0, None  # saved_step: the step of the checkpoint on disk
-    data_hash = _fingerprint(train_data)
+    data_hash = _fingerprint(torch.cat([t.flatten() for t in probe[:2]]) if draws else train_data)
     train_cfg = _plain(asdict(config))
     forward = _forward_options(model, forward_kwargs, precision)
 
@@ -889,6 +921,8 @@ def train(
             torch.distributed.barrier()
 
     def due(k: int) -> bool:  # is there a validation after k updates?
+        if val_data is None:
+            return False
         return k == 0 or k == config.steps or bool(config.eval_interval and k % config.eval_interval == 0)
 
     def validate() -> None:
@@ -922,14 +956,21 @@ def train(
         while step < stop:
             t0 = time.perf_counter()
             # every rank draws the same global batch (same generator) and keeps its own slice of it
-            x, y = get_batch(train_data, config.batch_size, config.seq_len, generator=batch_gen, device=dev)
-            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+            if draws:
+                batch = _checked_task_batch(train_data(batch_gen), config.batch_size)
+                x, y, mask = (None if t is None else t[rank * share:(rank + 1) * share].to(dev) for t in batch)
+            else:
+                x, y = get_batch(train_data, config.batch_size, config.seq_len, generator=batch_gen, device=dev)
+                x, y, mask = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share], None
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with precision.autocast(dev):
                 logits = _logits(forward_model(x, **forward_kwargs))
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            if mask is None:
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            else:   # only the scored positions (e.g. the answers of a recall task)
+                loss = F.cross_entropy(logits[mask].float(), y[mask])
             loss_value = loss.item() if world_size == 1 else _all_reduce_sum([loss.item()], dev)[0] / world_size
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss is {loss_value} at step {step + 1}; try a lower lr")

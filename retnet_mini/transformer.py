@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import embed_tokens, make_norm, projection_dtype
-from .model import (
-    check_eps, check_flag, check_generate_args, check_last_tokens, decode_loop, last_tokens_for,
-)
+from .model import check_eps, check_flag, check_last_tokens, last_tokens_for
+from .sampling import check_generate_args, decode_loop
 from .rotation import check_position
 from .rotation import rope_theta, rotate
 
@@ -392,8 +391,28 @@ class TransformerLM(nn.Module):
             )
         with torch.inference_mode():
             logits, cache = self._forward(prompt_tokens, self.init_cache(B, length))
-        return decode_loop(self._forward, prompt_tokens, logits[:, -1], cache, max_new_tokens, temperature,
-                           top_k, generator)
+        step = lambda tok, c: self.step(tok, c, check=False)      # sampled ids and our own cache
+        return decode_loop(step, prompt_tokens, logits[:, -1], cache, max_new_tokens, temperature, top_k, generator)
+
+    def step(self, tokens: Tensor, cache: KVCache, *, check: bool = True) -> Tensor:
+        """One decoding step: the next token of each sequence in, its logits out, and ``cache`` moved on
+        **in place** (its key and value written at ``cache.offset``; buffers grown if full; ``offset`` + 1).
+
+        The same contract as :meth:`RetNetLM.step <retnet_mini.model.RetNetLM.step>`: ``tokens`` ``(B, 1)``
+        or ``(B,)``; ``check=False`` skips the argument checks; runs under ``torch.inference_mode()``.
+        Returns ``(B, vocab_size)`` logits.
+        """
+        if tokens.ndim == 1:
+            tokens = tokens[:, None]
+        if check:
+            self._check_forward_args(tokens, cache)
+            if tokens.shape[1] != 1:
+                raise ValueError(f"step takes one token per sequence, (B, 1) or (B,); got shape {tuple(tokens.shape)}")
+        with torch.inference_mode():
+            logits, moved = self._forward(tokens, cache)
+        cache.k[:], cache.v[:] = moved.k, moved.v        # the same buffers unless they had to grow
+        cache.offset, cache.last_tokens = moved.offset, moved.last_tokens
+        return logits[:, -1]
 
     @classmethod
     def matching(cls, retnet_config, **overrides) -> "TransformerLM":

@@ -18,7 +18,8 @@ from retnet_mini import (
 )
 from retnet_mini.layers import rescale_factors
 from retnet_mini.rotation import rope_theta, rotate, rotate_complex, rotation_tables
-from retnet_mini.tasks import add_token_shift, copy_task, evaluate_on_task, mqar, mqar_layout, train_on_task
+from retnet_mini.layers import add_token_shift
+from retnet_mini.tasks import copy_task, evaluate_on_task, mqar, mqar_layout, train_on_task
 
 FIXTURE = Path(__file__).parent / "data" / "torchscale_tiny.pt"
 MODES = ("parallel", "recurrent", "chunkwise")
@@ -427,3 +428,30 @@ def test_train_on_task_refuses_bad_arguments_before_any_work(kwargs, message):
 def test_evaluate_on_task_checks_the_batch():
     with pytest.raises(ValueError, match=r"batch must be a tuple \(inputs, targets, loss_mask\)"):
         evaluate_on_task(tiny_retnet(), tokens())
+
+
+# ---------------------------------------------------------------------------------------------
+# Half-precision decoding keeps a float32 state (why: a state rounded at every step drifts)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_decoding_keeps_a_float32_state_and_is_much_closer(dtype):
+    g = torch.Generator().manual_seed(0)
+    T = 256
+    q, k, v = (torch.randn(1, 2, T, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    ld = torch.log(torch.tensor([0.99, 0.999], dtype=torch.float64))
+    exact = recurrent_retention(q, k, v, ld)[0]
+    qh, kh, vh = (x.to(dtype) for x in (q, k, v))
+    ours, rounded, state, s_rounded = [], [], None, None
+    with torch.no_grad():
+        for t in range(T):
+            step = slice(t, t + 1)
+            o, state = recurrent_retention(qh[:, :, step], kh[:, :, step], vh[:, :, step], ld, state)
+            assert state.dtype == torch.float32
+            ours.append(o)
+            # the same step with the state rounded to the half dtype, as a half-precision state would be
+            o_r, s_rounded = recurrent_retention(qh[:, :, step], kh[:, :, step], vh[:, :, step], ld, s_rounded)
+            s_rounded = s_rounded.to(dtype).float()
+            rounded.append(o_r)
+    err = (torch.cat(ours, 2).double() - exact).abs().max().item()
+    err_rounded = (torch.cat(rounded, 2).double() - exact).abs().max().item()
+    assert err * 3 < err_rounded, (err, err_rounded)

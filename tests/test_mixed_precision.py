@@ -19,7 +19,7 @@ from retnet_mini import (
     state_dtype,
 )
 from retnet_mini.layers import projection_dtype
-from retnet_mini.tasks import add_token_shift
+from retnet_mini.layers import add_token_shift
 
 HALF = (torch.bfloat16, torch.float16)
 REL_TOL = {torch.bfloat16: 0.04, torch.float16: 0.004}

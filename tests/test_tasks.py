@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retnet_mini import RetNetConfig, RetNetLM, TransformerConfig, TransformerLM
-from retnet_mini.tasks import (FILLER, SEPARATOR, add_token_shift, copy_task, evaluate_on_task,
-                               masked_accuracy, masked_cross_entropy, mqar, mqar_vocab, train_on_task)
+from retnet_mini.layers import add_token_shift
+from retnet_mini.tasks import (FILLER, SEPARATOR, copy_task, evaluate_on_task, masked_accuracy,
+                               masked_cross_entropy, mqar, mqar_vocab, train_on_task)
 
 
 @pytest.fixture(autouse=True, scope="module")
