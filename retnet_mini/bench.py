@@ -3,7 +3,9 @@
     python -m retnet_mini.bench decode [--quick] [--json out.json] [--device cuda]
     python -m retnet_mini.bench mixing | flops | layer | train | all
 
-Each prints a table and the ratios the project's speed targets are stated in, and can write JSON. Variants
+Each prints a table and the ratios the project's speed targets are stated in, and can write JSON. Bad
+command-line values (an unknown device, CUDA where there is none, a --json path whose folder is missing)
+are refused at once, as argparse refuses them, before any benchmark runs. Variants
 that are compared are *interleaved* (one call of each in turn, repeated) and summarized by the median, so
 a busy, shared machine slows all of them alike and the ratios hold. The model is the paper's design with
 vocab 256, d_model 512, 2 heads (key dim 256, value dim 512), 4 layers, against a same-size
@@ -18,17 +20,49 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
+from ._checks import ArgumentTypeError, check_bool, check_callable, check_int, check_str
 from .layers import MultiScaleRetention
 from .model import RetNetConfig, RetNetLM, RetNetState
 from .retention import chunkwise_retention, parallel_retention, paper_log_decay, recurrent_retention, state_dtype
 from .transformer import CausalSelfAttention, KVCache, TransformerConfig, TransformerLM
 
 BENCH_CONFIG = dict(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks: a benchmark takes seconds to minutes, so a bad argument must fail before it starts.
+# ---------------------------------------------------------------------------------------------
+def check_device(device: Union[str, torch.device], name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` (a string such as ``"cpu"`` or ``"cuda:0"`` is converted) that this
+    machine has; a ValueError names it otherwise."""
+    if not isinstance(device, (str, torch.device)):
+        raise ArgumentTypeError(f"{name} must be a torch.device or a string such as 'cpu' or 'cuda', "
+                                f"got {device!r} ({type(device).__name__})")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:   # torch: "Expected one of cpu, cuda, ... device type at start of ..."
+        raise ValueError(f"{name} {device!r} is not a device: {err}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r}: CUDA is not available on this machine (use 'cpu')")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+    elif device.type != "cpu":
+        raise ValueError(f"{name} must be a 'cpu' or 'cuda' device for the benchmarks, got {str(device)!r}")
+    return device
+
+
+def _check_run(device: Union[str, torch.device], quick: bool) -> torch.device:
+    check_bool("quick", quick)
+    return check_device(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,7 +75,20 @@ def _sync(device: torch.device) -> None:
 
 def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device,
                         warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per call of each function, calling them in turn ``repeats`` times."""
+    """Median seconds per call of each function, calling them in turn ``repeats`` times.
+
+    ``fns`` is a non-empty mapping of names to functions of no argument; ``repeats`` an int >= 1,
+    ``warmup`` (untimed rounds first) an int >= 0; ``device`` a torch.device or its name.
+    """
+    if not isinstance(fns, Mapping):
+        raise ArgumentTypeError(f"fns must be a dict of name -> function, got {type(fns).__name__}")
+    if not fns:
+        raise ValueError("fns must hold at least one function to time")
+    for name, fn in fns.items():
+        check_callable(f"fns[{name!r}]", fn)
+    check_int("repeats", repeats, 1)
+    check_int("warmup", warmup, 0)
+    device = check_device(device)
     times: Dict[str, List[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
@@ -70,6 +117,9 @@ def _target(name: str, value: float, bound: float, better: str) -> dict:
 
 def bench_models(device: torch.device, dtype=torch.float32):
     """The paper-design RetNetLM of the benchmarks and the TransformerLM of the same size."""
+    device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ArgumentTypeError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
     torch.manual_seed(0)
     retnet = RetNetLM(RetNetConfig.paper(**BENCH_CONFIG)).to(device, dtype).eval()
     transformer = TransformerLM.matching(retnet.config).to(device, dtype).eval()
@@ -81,6 +131,10 @@ def bench_models(device: torch.device, dtype=torch.float32):
 # ---------------------------------------------------------------------------------------------
 def _retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
     """A state as after ``context`` tokens (random values: the step's cost does not depend on them)."""
+    if not isinstance(model, RetNetLM):
+        raise ArgumentTypeError(f"model must be a RetNetLM, got {type(model).__name__}")
+    check_int("batch", batch, 1)
+    check_int("context", context, 0)
     g = torch.Generator(device=model.embed.weight.device).manual_seed(0)
     shape = model.blocks[0].retention.state_shape(batch)
     p = model.embed.weight
@@ -89,6 +143,12 @@ def _retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
 
 
 def _kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> KVCache:
+    """A KV cache as after ``context`` tokens, with room for ``room`` more (random values)."""
+    if not isinstance(model, TransformerLM):
+        raise ArgumentTypeError(f"model must be a TransformerLM, got {type(model).__name__}")
+    check_int("batch", batch, 1)
+    check_int("context", context, 0)
+    check_int("room", room, 0)
     cache = model.init_cache(batch, capacity=context + room)
     for buf in (*cache.k, *cache.v):
         buf[:, :, :context].normal_()
@@ -99,6 +159,9 @@ def _kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> K
 def decode_floor(model: RetNetLM, device: torch.device) -> Callable[[], None]:
     """A function that multiplies one batch-1 vector through every weight matrix of the model once: no
     decoder that reads all its weights per token can be faster."""
+    if not isinstance(model, torch.nn.Module):
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device = check_device(device)
     mats = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]   # never recorded
     xs = [torch.randn(1, w.shape[1], device=device, dtype=w.dtype) for w in mats]
 
@@ -110,6 +173,7 @@ def decode_floor(model: RetNetLM, device: torch.device) -> Callable[[], None]:
 
 @torch.inference_mode()   # as generate() decodes; the floor below is timed in the same mode
 def bench_decode(device: torch.device, quick: bool = False) -> dict:
+    device = _check_run(device, quick)
     retnet, transformer = bench_models(device)
     contexts = [128, 1024, 4096] if quick else [128, 512, 2048, 8192, 16384]
     steps, repeats = (4, 3) if quick else (8, 7)
@@ -184,7 +248,9 @@ MIXING_SHAPE = dict(B=1, H=2, d_k=256, d_v=512)
 
 
 def mixing_inputs(T: int, device: torch.device):
-    """Seeded ``q, k, v, log_decay`` of the mixing benchmarks' shape at length ``T``."""
+    """Seeded ``q, k, v, log_decay`` of the mixing benchmarks' shape at length ``T`` (an int >= 1)."""
+    check_int("T", T, 1)
+    device = check_device(device)
     s = MIXING_SHAPE
     g = torch.Generator(device=device).manual_seed(0)
     q, k = (torch.randn(s["B"], s["H"], T, s["d_k"], generator=g, device=device) * s["d_k"] ** -0.25 for _ in range(2))
@@ -212,6 +278,9 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
     ``/proc/self/clear_refs``) minus the resident size before it; the first call loads the kernels'
     code, which then stays resident.
     """
+    check_str("setup", setup, empty=True)
+    check_str("call", call)
+    device = check_device(device)
     if device.type == "cuda":
         scope = dict(globals(), device=device)
         exec(setup, scope)
@@ -241,6 +310,7 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
 
 @torch.no_grad()
 def bench_mixing(device: torch.device, quick: bool = False) -> dict:
+    device = _check_run(device, quick)
     lengths = [512, 2048, 4096] if quick else [512, 2048, 8192, 16384]
     chunk_sizes = [64, 256] if quick else [64, 128, 256, 512]
     print(f"mixing on {device}: B, H, d_k, d_v = {tuple(MIXING_SHAPE.values())}; median ms per call")
@@ -271,12 +341,16 @@ def bench_mixing(device: torch.device, quick: bool = False) -> dict:
 def chunkwise_flops(B: int, H: int, T: int, d_k: int, d_v: int, C: int) -> int:
     """Useful FLOPs of the chunkwise form (multiply-adds x 2): per chunk, ``q k^T`` (C x C x d_k) and its
     product with ``v`` (C x C x d_v); per position, reading the state (d_k x d_v) and adding to it
-    (d_k x d_v). Elementwise decay factors are not counted."""
+    (d_k x d_v). Elementwise decay factors are not counted. ``T`` is an int >= 0, the others ints >= 1."""
+    for name, value in (("B", B), ("H", H), ("d_k", d_k), ("d_v", d_v), ("C", C)):
+        check_int(name, value, 1)
+    check_int("T", T, 0)
     return 2 * B * H * T * (C * d_k + C * d_v + 2 * d_k * d_v)
 
 
 @torch.no_grad()
 def bench_flops(device: torch.device, quick: bool = False) -> dict:
+    device = _check_run(device, quick)
     s = MIXING_SHAPE
     T = 4096 if quick else 8192
     chunk_sizes = [64, 128, 256, 512, 1024]
@@ -309,6 +383,7 @@ def bench_flops(device: torch.device, quick: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------
 def bench_layers(device: torch.device):
     """The multi-scale retention layer and the same-size SDPA attention layer of the layer benchmark."""
+    device = check_device(device)
     torch.manual_seed(0)
     msr = MultiScaleRetention(RetNetConfig.paper(**BENCH_CONFIG)).to(device).eval()
     attn = CausalSelfAttention(TransformerConfig(vocab_size=256, d_model=512, n_heads=2)).to(device).eval()
@@ -317,6 +392,7 @@ def bench_layers(device: torch.device):
 
 @torch.no_grad()
 def bench_layer(device: torch.device, quick: bool = False) -> dict:
+    device = _check_run(device, quick)
     T = 2048 if quick else 8192
     msr, attn = bench_layers(device)
     x = torch.randn(1, T, 512, device=device)
@@ -356,6 +432,8 @@ def bench_layer(device: torch.device, quick: bool = False) -> dict:
 
 
 def attn_theta(attn: CausalSelfAttention, device: torch.device):
+    if not isinstance(attn, CausalSelfAttention):
+        raise ArgumentTypeError(f"attn must be a CausalSelfAttention, got {type(attn).__name__}")
     from .rotation import rope_theta
     return rope_theta(attn.head_dim).to(device)
 
@@ -364,6 +442,7 @@ def attn_theta(attn: CausalSelfAttention, device: torch.device):
 # train: tokens per second of a training step.
 # ---------------------------------------------------------------------------------------------
 def bench_train(device: torch.device, quick: bool = False) -> dict:
+    device = _check_run(device, quick)
     retnet, transformer = bench_models(device)
     retnet.train(), transformer.train()
     opt_r = torch.optim.AdamW(retnet.parameters(), lr=1e-4)
@@ -408,7 +487,18 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = check_device(args.device, "--device")
+    except ValueError as err:
+        parser.error(str(err))
+    if args.json:      # checked now: a typo in the folder must not cost the whole run
+        folder = Path(args.json).resolve().parent
+        if Path(args.json).is_dir():
+            parser.error(f"--json {args.json!r} is a folder; give a file name")
+        if not folder.is_dir():
+            parser.error(f"--json {args.json!r}: the folder {str(folder)!r} does not exist")
+        if not os.access(folder, os.W_OK):
+            parser.error(f"--json {args.json!r}: the folder {str(folder)!r} is not writable")
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
     for name in names:

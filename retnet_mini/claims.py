@@ -27,6 +27,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
+from ._checks import check_bool
+
 __all__ = ["Claim", "ClaimError", "claim", "claim_true", "format_bound", "format_value", "recorded", "record_only",
            "reset"]
 
@@ -45,6 +47,14 @@ class Claim:
     at_most: Optional[float]
     holds: bool
 
+    def __post_init__(self) -> None:
+        # claim() builds these from checked values; a Claim made by hand is checked the same way.
+        _statement(self.statement)
+        _number("value", self.value)
+        _number("at_least", self.at_least, allow_none=True)
+        _number("at_most", self.at_most, allow_none=True)
+        check_bool("holds", self.holds)
+
 
 _recorded: List[Claim] = []
 _raise_on_failure = True
@@ -52,16 +62,27 @@ _raise_on_failure = True
 
 def format_value(x: float) -> str:
     """4 decimals, or 3 significant digits for the tiny and the huge (round-off bounds, counts)."""
+    x = _number("x", x)
     return f"{x:.4f}" if x == 0 or not math.isfinite(x) or 1e-3 <= abs(x) < 1e6 else f"{x:.2e}"
 
 
 def format_bound(at_least: Optional[float], at_most: Optional[float]) -> str:
-    """The bound as the claims print it: "between a and b", ">= a" or "<= b"."""
+    """The bound as the claims print it: "between a and b", ">= a" or "<= b" (at least one is given)."""
+    at_least = _number("at_least", at_least, allow_none=True)
+    at_most = _number("at_most", at_most, allow_none=True)
+    if at_least is None and at_most is None:
+        raise ValueError("format_bound needs at_least, at_most or both")
     if at_least is not None and at_most is not None:
         return f"between {format_value(at_least)} and {format_value(at_most)}"
     if at_least is not None:
         return f">= {format_value(at_least)}"
     return f"<= {format_value(at_most)}"
+
+
+def _statement(statement) -> str:
+    if not isinstance(statement, str) or not statement.strip():
+        raise ValueError("statement must be a non-empty string saying what is claimed")
+    return statement
 
 
 def _number(name: str, value, allow_none: bool = False) -> Optional[float]:
@@ -82,8 +103,7 @@ def claim(statement: str, value: float, *, at_least: Optional[float] = None,
     is in effect), ``TypeError`` / ``ValueError`` for a malformed claim.
     """
     __tracebackhide__ = True   # IPython and pytest show the failing claim, not this module's frames
-    if not isinstance(statement, str) or not statement.strip():
-        raise ValueError("statement must be a non-empty string saying what is claimed")
+    _statement(statement)
     value = _number("value", value)
     at_least = _number("at_least", at_least, allow_none=True)
     at_most = _number("at_most", at_most, allow_none=True)
@@ -103,8 +123,7 @@ def claim(statement: str, value: float, *, at_least: Optional[float] = None,
 def claim_true(statement: str, condition: bool) -> bool:
     """Check that ``condition`` is true (a fact of the run that has no magnitude); return it."""
     __tracebackhide__ = True
-    if not isinstance(statement, str) or not statement.strip():
-        raise ValueError("statement must be a non-empty string saying what is claimed")
+    _statement(statement)
     if not isinstance(condition, bool):
         # A tensor or an array would be truth-tested element-wise or raise deep inside; ask for a bool.
         raise TypeError(f"claim {statement!r}: condition must be a bool, got {type(condition).__name__}")
@@ -126,8 +145,12 @@ def recorded() -> List[dict]:
 
 
 def record_only(enabled: bool = True) -> None:
-    """Record failing claims without raising (how scripts/claim_spread.py measures the spread)."""
+    """Record failing claims without raising (how scripts/claim_spread.py measures the spread).
+
+    ``enabled`` is True or False (a string such as ``"no"`` would be truthy).
+    """
     global _raise_on_failure
+    check_bool("enabled", enabled)
     _raise_on_failure = not enabled
 
 

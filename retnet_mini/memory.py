@@ -19,9 +19,10 @@ per-sequence cache or state; activations and workspace ignored).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
+
+from ._checks import check_int, check_real, check_str
 
 __all__ = [
     "DTYPE_BYTES",
@@ -63,21 +64,16 @@ _ALIASES: Dict[str, str] = {
 }
 
 
+# Every check raises a ValueError naming the argument (a wrong type raises _checks.ArgumentTypeError, which
+# is a ValueError and a TypeError), before any arithmetic.
 def _check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1 (bools refused), else raise a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
+    """Return ``value`` if it is an int >= 1 (bools refused)."""
+    return check_int(name, value, 1)
 
 
 def _check_nonnegative_number(name: str, value: Any) -> float:
-    """Return ``value`` if it is a finite real number >= 0 (bools refused), else raise a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    """Return ``value`` if it is a finite real number >= 0 (bools refused); ints stay ints (exact)."""
+    check_real(name, value, 0)
     return value
 
 
@@ -93,6 +89,8 @@ def bytes_per_number(dtype: Any = "float16") -> int:
     Raises:
         ValueError: for a dtype that is not in :data:`DTYPE_BYTES` (or one of its aliases).
     """
+    if isinstance(dtype, (bool, int, float)) or dtype is None:   # str() would make a "name" of them
+        raise ValueError(f"dtype must be a name such as 'float16' or a torch.dtype, got {dtype!r}")
     name = str(dtype).lower()
     if name.startswith("torch."):
         name = name[len("torch."):]
@@ -146,8 +144,7 @@ def numbers_to_bytes(n_numbers: int, dtype: Any = "float16") -> int:
     Raises:
         ValueError: if ``n_numbers`` is not an integer >= 0, or the dtype is unknown.
     """
-    if isinstance(n_numbers, bool) or not isinstance(n_numbers, int) or n_numbers < 0:
-        raise ValueError(f"n_numbers must be an integer >= 0, got {n_numbers!r}")
+    n_numbers = check_int("n_numbers", n_numbers, 0)
     return n_numbers * bytes_per_number(dtype)
 
 
@@ -165,8 +162,7 @@ def format_bytes(n_bytes: float, digits: int = 1) -> str:
         ValueError: for a negative or non-finite ``n_bytes``, or ``digits`` outside 0..4.
     """
     n_bytes = _check_nonnegative_number("n_bytes", n_bytes)
-    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 4:
-        raise ValueError(f"digits must be an integer from 0 to 4, got {digits!r}")
+    digits = check_int("digits", digits, 0, 4)
     value = float(n_bytes)
     unit = 0
     while value >= 1024 and unit < len(_UNITS) - 1:
@@ -296,6 +292,7 @@ class ModelShape:
     value_factor: int = 2
 
     def __post_init__(self) -> None:
+        check_str("name", self.name)
         _check_nonnegative_number("n_params", self.n_params)
         for field in ("n_layers", "d_model", "n_heads", "value_factor"):
             _check_positive_int(field, getattr(self, field))

@@ -10,6 +10,9 @@
   (:func:`form_costs`). :func:`draw_chunks`, :func:`chunk_table`, :func:`chunk_size_explorer`.
 
 Everything here is a pure function of its arguments (no randomness), so a view drawn twice is the same.
+Every public function checks its arguments first (ints, ranges, schedule and form names, ``ln(gamma)``
+tensors) and raises a ValueError or TypeError naming the argument; the drawing functions also refuse sizes
+beyond :data:`MAX_DRAW_HEADS` and :data:`MAX_DRAW_LENGTH`, before they draw.
 """
 from __future__ import annotations
 
@@ -23,13 +26,15 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ._checks import ArgumentTypeError, check_choice, check_int, check_real, check_sequence
 from .bench import chunkwise_flops
 from .layers import rescale_factors
 from .retention import decay_matrix, experiment_log_decay, paper_log_decay
 from .widgets import FrameExplorer, frame_explorer, table
 
 __all__ = [
-    "SCHEDULES", "schedule_log_decay", "half_life", "effective_span", "normalized_decay_matrix",
+    "SCHEDULES", "MAX_DRAW_HEADS", "MAX_DRAW_LENGTH", "FORMS", "schedule_log_decay", "half_life", "effective_span",
+    "normalized_decay_matrix",
     "decay_rows", "decay_table", "draw_decay", "decay_explorer",
     "ZERO", "INNER", "STATE", "chunk_regions", "chunk_lengths", "parallel_flops", "recurrent_flops",
     "chunkwise_flops_exact", "memory_numbers", "form_costs", "chunk_table", "draw_chunks",
@@ -41,18 +46,52 @@ __all__ = [
 # =============================================================================================
 SCHEDULES = {"paper (eq. 8)": paper_log_decay, "experiments": experiment_log_decay}
 SPAN_TOL = 1e-3
+#: Most heads :func:`draw_decay` draws (the book goes up to 32): one curve each, and beyond that the curves
+#: of neighbouring heads cannot be told apart.
+MAX_DRAW_HEADS = 64
+#: Most positions a drawn ``T x T`` matrix may have (:func:`draw_decay`, :func:`draw_chunks`; the book
+#: draws 32 and 1024). A heat map in a frame is ~200 pixels wide, so 2048 positions are ~10 per pixel,
+#: and drawing grows as T^2: ~2 s at 2048, 8 s at 4096 for the decay view (11 s at 8192 for the chunks).
+MAX_DRAW_LENGTH = 2048
+#: The forms :func:`memory_numbers` knows.
+FORMS = ("parallel", "recurrent", "chunkwise", "chunkwise, batched")
+
+
+def _check_log_decay(log_decay: Tensor, one_per_head: bool = False) -> Tensor:
+    """``ln(gamma)`` values: a real tensor, finite and <= 0 (0 < gamma <= 1); ``(H,)`` if ``one_per_head``."""
+    if not isinstance(log_decay, Tensor):
+        raise ArgumentTypeError(f"log_decay must be a torch.Tensor of ln(gamma) values, "
+                                f"got {type(log_decay).__name__}")
+    if log_decay.is_complex() or log_decay.dtype == torch.bool:
+        raise ArgumentTypeError(f"log_decay must hold real numbers, got dtype {log_decay.dtype}")
+    if one_per_head and (log_decay.ndim != 1 or len(log_decay) == 0):
+        raise ValueError(f"log_decay must have shape (H,) with H >= 1 (one ln(gamma) per head), "
+                         f"got {tuple(log_decay.shape)}")
+    if not torch.isfinite(log_decay).all() or (log_decay > 0).any():
+        raise ValueError("log_decay must be finite and <= 0: ln(gamma) with 0 < gamma <= 1")
+    return log_decay
+
+
+def _check_schedules(schedules: Sequence[str]) -> List[str]:
+    names = check_sequence("schedules", schedules)
+    for i, schedule in enumerate(names):
+        check_choice(f"schedules[{i}]", schedule, SCHEDULES)
+    return check_sequence("schedules", names, unique=True)
 
 
 def schedule_log_decay(n_heads: int, schedule: str) -> Tensor:
     """``ln(gamma)`` per head, float64 ``(n_heads,)``, for a schedule named as in :data:`SCHEDULES`."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    check_int("n_heads", n_heads, 1)
+    check_choice("schedule", schedule, SCHEDULES)
     return SCHEDULES[schedule](n_heads)
 
 
 def half_life(log_decay: Tensor) -> Tensor:
-    """Tokens after which a head keeps half the weight: ``ln 0.5 / ln gamma`` (inf for gamma = 1)."""
-    ld = log_decay.double()
+    """Tokens after which a head keeps half the weight: ``ln 0.5 / ln gamma`` (inf for gamma = 1).
+
+    ``log_decay`` is a tensor of any shape of ``ln(gamma)`` values, finite and <= 0.
+    """
+    ld = _check_log_decay(log_decay).double()
     return torch.where(ld < 0, math.log(0.5) / ld, math.inf)
 
 
@@ -62,14 +101,18 @@ def effective_span(log_decay: Tensor, tol: float = SPAN_TOL) -> Tensor:
     Float64 tensor of whole numbers (a float so that gamma = 1 can be inf). At an exact tie
     (``gamma^n == tol`` for a whole ``n``) the rounding of the logarithms decides.
     """
-    if not 0 < tol < 1:
-        raise ValueError(f"tol must be in (0, 1), got {tol!r}")
-    ld = log_decay.double()
+    tol = check_real("tol", tol, 0, 1, low_open=True, high_open=True)
+    ld = _check_log_decay(log_decay).double()
     return torch.where(ld < 0, torch.floor(math.log(tol) / ld) + 1, math.inf)
 
 
 def normalized_decay_matrix(log_decay: Tensor, length: int) -> Tensor:
-    """``D~[h, n, m] = D[h, n, m] / sqrt(sum_{i<=n} D[h, n, i])`` (the paper's second rescaling), ``(H, T, T)``."""
+    """``D~[h, n, m] = D[h, n, m] / sqrt(sum_{i<=n} D[h, n, i])`` (the paper's second rescaling), ``(H, T, T)``.
+
+    ``log_decay`` is ``(H,)``, finite and <= 0; ``length`` an int >= 0.
+    """
+    _check_log_decay(log_decay, one_per_head=True)
+    check_int("length", length, 0)
     return decay_matrix(log_decay, length) * rescale_factors(log_decay, 0, length)
 
 
@@ -77,8 +120,9 @@ def decay_rows(n_heads: int, schedule: str, context: int = 2048) -> List[list]:
     """One row of numbers per head: ``[head, gamma, 1/(1-gamma), half-life, span, gamma^context]``.
 
     ``1/(1-gamma)`` is the head's time constant (``gamma^n ~ exp(-n (1-gamma))``); the span is an int
-    (tokens until gamma^n < 1e-3); ``gamma^context`` is the weight left at distance ``context``.
+    (tokens until gamma^n < 1e-3); ``gamma^context`` is the weight left at distance ``context`` (an int >= 0).
     """
+    check_int("context", context, 0)
     ld = schedule_log_decay(n_heads, schedule)
     time_constant = -1.0 / torch.expm1(ld)            # 1 / (1 - gamma), exact for gamma near 1
     lives, spans = half_life(ld), effective_span(ld)
@@ -92,6 +136,9 @@ def decay_table(n_heads: int, schedule: str, context: int = 2048) -> str:
     gamma has 4 decimals, so 1 - 2^-20 prints as 1.0000: the time constant ``1/(1-gamma)`` tells the heads
     apart. Token counts get one decimal (half-life) or none (span).
     """
+    check_int("n_heads", n_heads, 1)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_int("context", context, 0)
     headers = ["head", "gamma", "1/(1-gamma)", "half-life", "span (1e-3)", f"gamma^{context}"]
     rows = [[h, f"{g:.4f}", f"{tc:,.1f}", f"{hl:,.1f}", f"{sp:,}", f"{w:.4f}"]
             for h, g, tc, hl, sp, w in decay_rows(n_heads, schedule, context)]
@@ -107,8 +154,12 @@ def draw_decay(n_heads: int, schedule: str, length: int = 32) -> Tuple[Figure, s
     1e-3), and ``D``, ``D~`` of the fastest and the slowest head for ``length`` positions.
 
     Returns ``(figure, decay_table(n_heads, schedule))``. Axes are fixed (not fitted to the data) so that
-    views of different settings compare at a glance.
+    views of different settings compare at a glance. ``n_heads`` is 1 to :data:`MAX_DRAW_HEADS`, ``length``
+    1 to :data:`MAX_DRAW_LENGTH`.
     """
+    check_int("n_heads", n_heads, 1, MAX_DRAW_HEADS)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_int("length", length, 1, MAX_DRAW_LENGTH)
     ld = schedule_log_decay(n_heads, schedule)
     colors = _head_colors(n_heads)
     fig = plt.figure(figsize=(9, 4))
@@ -131,13 +182,14 @@ def draw_decay(n_heads: int, schedule: str, length: int = 32) -> Tuple[Figure, s
     curves.set_ylabel(r"weight $\gamma^{n-m}$", labelpad=1)
     curves.set_title("one decay curve per head (fast: dark, slow: light)", fontsize=10)
 
-    D, Dn = decay_matrix(ld, length), normalized_decay_matrix(ld, length)
+    drawn = ld[[0, n_heads - 1]]                          # only the fastest and the slowest are shown
+    D, Dn = decay_matrix(drawn, length), normalized_decay_matrix(drawn, length)
     cmap = plt.cm.viridis.with_extremes(bad="white")      # the masked upper triangle shows white
     ticks = [0, length - 1]
     for i, (M, name) in enumerate([(D, "D"), (Dn, "D~")]):
         for j, (h, which) in enumerate([(0, "fastest"), (n_heads - 1, "slowest")]):
             ax = fig.add_subplot(right[i, j])
-            values = M[h].numpy().copy()
+            values = M[j].numpy().copy()
             values[np.triu_indices(length, 1)] = np.nan
             ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(f"{name}, head {h} ({which})", fontsize=8, pad=2)
@@ -151,7 +203,15 @@ def decay_explorer(heads: Sequence[int] = (1, 2, 4, 8, 16),
                    schedules: Sequence[str] = tuple(SCHEDULES), dpi: int = 72, **kwargs) -> FrameExplorer:
     """A no-kernel explorer of :func:`draw_decay`: a slider (with Play) for the number of heads, buttons for
     the schedule. Extra keyword arguments go to :func:`retnet_mini.widgets.frame_explorer` (e.g. ``live``).
+
+    ``heads`` and ``schedules`` are checked before any frame is drawn (as :func:`draw_decay` checks them);
+    the explorer's size is checked by ``frame_explorer``.
     """
+    heads = check_sequence("heads", heads)
+    for i, h in enumerate(heads):
+        check_int(f"heads[{i}]", h, 1, MAX_DRAW_HEADS)
+    check_sequence("heads", heads, unique=True)          # after the ints: a list in it is unhashable
+    schedules = _check_schedules(schedules)
     return frame_explorer(draw_decay, {"heads": list(heads), "schedule": list(schedules)},
                           play="heads", dpi=dpi, **kwargs)
 
@@ -169,9 +229,10 @@ def chunk_regions(length: int, chunk_size: int) -> np.ndarray:
     ``INNER`` (1): ``m <= n`` in the same chunk, computed by the chunk's own parallel product;
     ``STATE`` (2): ``m`` in an earlier chunk, reaching ``n`` through the carried state;
     ``ZERO`` (0): ``m > n``, masked by causality. A short last chunk is a chunk like the others.
+    ``length`` is an int >= 0, ``chunk_size`` an int >= 1.
     """
-    if length < 0 or chunk_size < 1:
-        raise ValueError(f"need length >= 0 and chunk_size >= 1, got {length}, {chunk_size}")
+    check_int("length", length, 0)
+    check_int("chunk_size", chunk_size, 1)
     pos = np.arange(length)
     n, m = pos[:, None], pos[None, :]
     same_chunk = (n // chunk_size) == (m // chunk_size)
@@ -182,7 +243,12 @@ def chunk_regions(length: int, chunk_size: int) -> np.ndarray:
 
 
 def chunk_lengths(length: int, chunk_size: int) -> List[int]:
-    """The chunks' lengths, e.g. ``(10, 4) -> [4, 4, 2]``; ``chunk_size > T`` gives one chunk."""
+    """The chunks' lengths, e.g. ``(10, 4) -> [4, 4, 2]``; ``chunk_size > T`` gives one chunk.
+
+    ``length`` is an int >= 0 (0 gives no chunks), ``chunk_size`` an int >= 1.
+    """
+    check_int("length", length, 0)
+    check_int("chunk_size", chunk_size, 1)
     full, last = divmod(length, chunk_size)
     return [chunk_size] * full + ([last] if last else [])
 
@@ -190,19 +256,28 @@ def chunk_lengths(length: int, chunk_size: int) -> List[int]:
 # Costs for ONE head of ONE sequence, d_k and d_v the head's key and value widths. FLOPs count the matrix
 # products only (multiply-adds x 2), the convention of bench.chunkwise_flops; elementwise decay factors and
 # building D, xi, zeta are left out. Memory counts the numbers held besides q, k, v and the output.
+def _check_sizes(length: int, d_k: int, d_v: int) -> None:
+    check_int("length", length, 0)
+    check_int("d_k", d_k, 1)
+    check_int("d_v", d_v, 1)
+
+
 def parallel_flops(length: int, d_k: int, d_v: int) -> int:
     """``Q K^T`` (T x T x d_k) and its product with ``V`` (T x T x d_v), the masked half included."""
+    _check_sizes(length, d_k, d_v)
     return 2 * length * length * (d_k + d_v)
 
 
 def recurrent_flops(length: int, d_k: int, d_v: int) -> int:
     """Per position: ``k_n^T v_n`` added to the state (d_k x d_v) and ``q_n S_n`` (d_k x d_v)."""
+    _check_sizes(length, d_k, d_v)
     return 2 * length * 2 * d_k * d_v
 
 
 def chunkwise_flops_exact(length: int, d_k: int, d_v: int, chunk_size: int) -> int:
     """:func:`retnet_mini.bench.chunkwise_flops` summed over the actual chunks: the whole ones, and a short
     last one of length ``L`` whose inner product is ``L x L`` (bench's formula assumes ``C`` divides ``T``)."""
+    _check_sizes(length, d_k, d_v)
     return sum(chunkwise_flops(1, 1, L, d_k, d_v, L) for L in chunk_lengths(length, chunk_size))
 
 
@@ -216,7 +291,13 @@ def memory_numbers(form: str, length: int, d_k: int, d_v: int, chunk_size: int =
       for speed): every chunk's scores (``N C^2``), one ``D`` block, each chunk's contribution to the state
       and the state each chunk receives (``2 N d_k d_v``), and the state. A short last chunk, run afterwards,
       holds less than that.
+
+    ``form`` is one of :data:`FORMS`; ``length`` an int >= 0, ``d_k`` and ``d_v`` ints >= 1; ``chunk_size``
+    an int >= 1 for the chunkwise forms (ignored, and 0 by default, for the others).
     """
+    check_choice("form", form, FORMS)
+    _check_sizes(length, d_k, d_v)
+    check_int("chunk_size", chunk_size, 1 if form.startswith("chunkwise") else 0)
     C = min(chunk_size, length) if chunk_size else 0
     if form == "parallel":
         return 2 * length * length
@@ -225,16 +306,19 @@ def memory_numbers(form: str, length: int, d_k: int, d_v: int, chunk_size: int =
     if form == "chunkwise":
         return 2 * C * C + d_k * d_v
     if form == "chunkwise, batched":
-        n_full = length // C
+        n_full = length // C if C else 0                  # length 0: no chunk at all
         if n_full == 0:
             return 2 * C * C + d_k * d_v
         return n_full * C * C + C * C + 2 * n_full * d_k * d_v + d_k * d_v
-    raise ValueError(f"form must be parallel, recurrent, chunkwise or 'chunkwise, batched', got {form!r}")
+    raise AssertionError(form)                            # unreachable: check_choice knows FORMS
 
 
 def form_costs(length: int, chunk_size: int, d_k: int, d_v: int) -> Dict[str, Dict[str, int]]:
     """``{form: {"flops", "memory", "steps"}}`` for one head of one sequence; ``steps`` counts the
-    sequential steps (parallel 1, recurrent T, chunkwise one per chunk)."""
+    sequential steps (parallel 1, recurrent T, chunkwise one per chunk). Arguments as for
+    :func:`memory_numbers` (``chunk_size`` >= 1)."""
+    _check_sizes(length, d_k, d_v)
+    check_int("chunk_size", chunk_size, 1)
     n_chunks = len(chunk_lengths(length, chunk_size))
     chunk = {"flops": chunkwise_flops_exact(length, d_k, d_v, chunk_size), "steps": n_chunks}
     return {
@@ -252,7 +336,10 @@ def chunk_table(length: int, chunk_sizes: Sequence[int], d_k: int = 256, d_v: in
     """The cost model for each chunk size at length ``T``, parallel and recurrent as reference rows.
 
     FLOPs of the matrix products, memory in numbers held (:func:`memory_numbers`: "memory" for a loop over
-    chunks, "batched memory" for ``chunkwise_retention`` as written), sequential steps."""
+    chunks, "batched memory" for ``chunkwise_retention`` as written), sequential steps. ``chunk_sizes`` is
+    a non-empty list of ints >= 1."""
+    _check_sizes(length, d_k, d_v)
+    chunk_sizes = _check_chunk_sizes(chunk_sizes)
     rows = []
     for C in chunk_sizes:
         c = form_costs(length, C, d_k, d_v)
@@ -275,12 +362,23 @@ def _layout(length: int, chunk_size: int) -> str:
     return text
 
 
+def _check_chunk_sizes(chunk_sizes: Sequence[int]) -> List[int]:
+    chunk_sizes = check_sequence("chunk_sizes", chunk_sizes)
+    for i, C in enumerate(chunk_sizes):
+        check_int(f"chunk_sizes[{i}]", C, 1)
+    return check_sequence("chunk_sizes", chunk_sizes, unique=True)
+
+
 _REGION_CMAP = ListedColormap(["white", "tab:blue", "tab:orange"])
 
 
 def draw_chunks(length: int, chunk_size: int, d_k: int = 256, d_v: int = 512) -> Tuple[Figure, str]:
     """The chunk view: the ``T x T`` matrix colored by :func:`chunk_regions`, and the cost model over chunk
-    sizes (powers of two up to ``T``, and the chosen one, circled). Returns ``(figure, chunk_table(...))``."""
+    sizes (powers of two up to ``T``, and the chosen one, circled). Returns ``(figure, chunk_table(...))``.
+    ``length`` is 1 to :data:`MAX_DRAW_LENGTH`, ``chunk_size``, ``d_k``, ``d_v`` ints >= 1."""
+    check_int("length", length, 1, MAX_DRAW_LENGTH)
+    check_int("chunk_size", chunk_size, 1)
+    _check_sizes(length, d_k, d_v)
     regions = chunk_regions(length, chunk_size)
     fig = plt.figure(figsize=(10, 3.6))
     fig.suptitle(f"T = {length}, chunk size C = {chunk_size}: chunks {_layout(length, chunk_size)}", y=0.98)
@@ -320,6 +418,11 @@ def draw_chunks(length: int, chunk_size: int, d_k: int = 256, d_v: int = 512) ->
 
 def chunk_size_explorer(length: int = 1024, chunk_sizes: Sequence[int] = (16, 32, 64, 96, 128, 256, 512, 1024),
                         d_k: int = 256, d_v: int = 512, dpi: int = 72, **kwargs) -> FrameExplorer:
-    """A no-kernel explorer of :func:`draw_chunks` at length ``T``: a slider (with Play) for the chunk size."""
+    """A no-kernel explorer of :func:`draw_chunks` at length ``T``: a slider (with Play) for the chunk size.
+
+    The arguments are checked (as :func:`draw_chunks` checks them) before any frame is drawn."""
+    check_int("length", length, 1, MAX_DRAW_LENGTH)
+    _check_sizes(length, d_k, d_v)
+    chunk_sizes = _check_chunk_sizes(chunk_sizes)
     return frame_explorer(lambda C: draw_chunks(length, C, d_k, d_v), list(chunk_sizes), "chunk size",
                           dpi=dpi, **kwargs)

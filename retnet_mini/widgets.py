@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import io
 import itertools
 import json
+import math
+from collections import Counter
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import ipywidgets as widgets
@@ -47,8 +50,24 @@ from ipywidgets.embed import dependency_state
 from ipywidgets.widgets.widget_link import Link  # the class jslink returns (ipywidgets 7 and 8)
 from matplotlib.figure import Figure
 
+from ._checks import ArgumentTypeError, check_callable, check_int, check_sequence, check_str
+
 Values = Union[Sequence[Any], Mapping[str, Sequence[Any]]]
 Control = Union[widgets.SelectionSlider, widgets.ToggleButtons]  # both sync the chosen position as `index`
+
+#: Most frames one explorer may precompute (``max_frames``'s default). The book's largest has 12 (the
+#: intro's memory calculator, 3 models x 4 batch sizes); a frame takes ~0.3 s to draw here and ~40 KB of
+#: the page, so 100 frames is already half a minute of drawing and a few MB per page.
+MAX_FRAMES = 100
+#: The least widget state one frame adds besides its PNG (its Image, HTML and VBox models; ~2.2 KB
+#: measured): an explorer of more than ``max_bytes // MIN_FRAME_BYTES`` frames cannot fit, whatever it draws.
+MIN_FRAME_BYTES = 2_000
+#: Most positions on one live slider (the book's decay chapter uses 32): every option's label is sent to
+#: the browser, and a slider has fewer pixels than that.
+MAX_LIVE_VALUES = 1_000
+#: Resolution range for a frame's PNG: below 10 dpi a figure is a few pixels; at 300 one frame of the book's
+#: 10 x 3.6 inch figures is 3000 x 1080 pixels and ~200 KB, a fifth of an explorer's default byte budget.
+MIN_DPI, MAX_DPI = 10, 300
 
 
 
@@ -97,8 +116,23 @@ def table(rows: Sequence[Sequence[Any]], headers: Optional[Sequence[str]] = None
     """A plain-text table with right-aligned columns, for ``print`` (nbval compares printed text).
 
     Floats use ``floatfmt`` (4 decimals by default: the last bits of a float differ between CPUs);
-    0-d tensors and numpy scalars are unwrapped with ``.item()``.
+    0-d tensors and numpy scalars are unwrapped with ``.item()``. Every row has as many cells as there are
+    headers (when given); without headers, rows may differ in length.
     """
+    rows = [check_sequence(f"rows[{i}]", row, min_len=0)
+            for i, row in enumerate(check_sequence("rows", rows, min_len=0))]
+    if headers is not None:
+        headers = check_sequence("headers", headers)
+        for i, row in enumerate(rows):
+            if len(row) != len(headers):
+                raise ValueError(f"rows[{i}] has {len(row)} cells but there are {len(headers)} headers")
+    check_str("floatfmt", floatfmt)
+    try:
+        format(1.0, floatfmt)
+    except ValueError:
+        raise ValueError(f"floatfmt must be a format spec for floats such as '.4f' or '.3e', "
+                         f"got {floatfmt!r}") from None
+
     def cell(x: Any) -> str:
         x = x.item() if hasattr(x, "item") else x
         return format(x, floatfmt) if isinstance(x, float) else str(x)
@@ -114,13 +148,53 @@ def table(rows: Sequence[Sequence[Any]], headers: Optional[Sequence[str]] = None
     return "\n".join(out)
 
 
-def _params(values: Values, name: str) -> List[Tuple[str, List[Any]]]:
-    """Normalize ``values`` to ``[(name, [v, ...]), ...]``, one entry per parameter."""
-    params = list(values.items()) if isinstance(values, Mapping) else [(name, values)]
-    params = [(str(n), list(vs)) for n, vs in params]
-    if not params or any(not vs for _, vs in params):
-        raise ValueError(f"frame_explorer needs at least one value per parameter, got {values!r}")
-    return params
+def _params(values: Values, name: str, argument: str = "values",
+            fmt: Callable[[Any], str] = str) -> List[Tuple[str, List[Any]]]:
+    """Normalize ``values`` to ``[(name, [v, ...]), ...]``, one entry per parameter, checking it on the way:
+    parameter names are non-empty strings, each parameter has at least one value and no two of its values
+    display alike (``fmt``): a control could not tell them apart."""
+    check_str("name", name)
+    if isinstance(values, Mapping):
+        if not values:
+            raise ValueError(f"frame_explorer needs at least one value per parameter, got {argument}={values!r}")
+        params = list(values.items())
+    else:
+        params = [(name, values)]
+    checked = []
+    for n, vs in params:
+        check_str(f"the parameter name {n!r} in {argument}", n)
+        where = f"{argument}[{n!r}]" if isinstance(values, Mapping) else argument
+        vs = check_sequence(where, vs, min_len=0)
+        if not vs:
+            raise ValueError(f"frame_explorer needs at least one value per parameter, got {where}=[]")
+        shown = [fmt(v) for v in vs]
+        for label in shown:
+            if not isinstance(label, str):
+                raise ArgumentTypeError(f"fmt must return a string, got {label!r} ({type(label).__name__})")
+        twice = sorted(label for label, count in Counter(shown).items() if count > 1)
+        if twice:
+            raise ValueError(f"{where} holds values that display alike ({', '.join(map(repr, twice))}): "
+                             f"give each value once")
+        checked.append((n, vs))
+    return checked
+
+
+def _check_dpi(dpi: Any) -> int:
+    return check_int("dpi", dpi, MIN_DPI, MAX_DPI)
+
+
+def _check_arity(draw: Callable[..., Any], params: List[Tuple[str, List[Any]]]) -> None:
+    """Refuse a ``draw`` that cannot take one argument per parameter, before any frame is drawn."""
+    try:
+        signature = inspect.signature(draw)
+    except (TypeError, ValueError):   # some builtins have no signature: let the first call tell
+        return
+    try:
+        signature.bind(*(vs[0] for _, vs in params))
+    except TypeError:
+        names = [n for n, _ in params]
+        raise ValueError(f"draw{signature} cannot be called with one argument per parameter "
+                         f"{names} (in that order)") from None
 
 
 def render(draw: Callable[..., Any], args: Sequence[Any], dpi: int = 80,
@@ -129,7 +203,13 @@ def render(draw: Callable[..., Any], args: Sequence[Any], dpi: int = 80,
 
     ``draw`` returns a matplotlib ``Figure`` or ``(Figure, text)``. Closing matters: in a notebook, open
     pyplot figures are shown at the end of the cell, so a leak would print every frame below the explorer.
+    ``dpi`` is an int from 10 to 300; ``label`` (a string) names the call in the error ``draw`` may raise.
     """
+    check_callable("draw", draw)
+    args = check_sequence("args", args, min_len=0)
+    _check_dpi(dpi)
+    if label is not None:
+        check_str("label", label, empty=True)
     before = set(plt.get_fignums())
     try:
         with plt.rc_context():  # a draw function that changes rcParams must not change later figures
@@ -185,7 +265,7 @@ class FrameExplorer(widgets.VBox):
 
 def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value", *,
                    fmt: Callable[[Any], str] = str, play: Union[bool, str] = True, interval: int = 800,
-                   dpi: int = 80, max_bytes: int = 1_000_000,
+                   dpi: int = 80, max_bytes: int = 1_000_000, max_frames: int = MAX_FRAMES,
                    live: Optional[Values] = None) -> FrameExplorer:
     """Precompute ``draw`` for every value and return a control that switches frames with no kernel.
 
@@ -196,10 +276,41 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
     other values. ``play`` adds a Play button on the first parameter (or on the one named). ``live``
     (values like ``values``, usually finer) appends :func:`live_view`, which needs a running kernel.
 
-    Raises ValueError if a parameter has no values, if ``draw`` fails (naming the values), or if the
-    explorer's widget state (PNGs in base64 plus each widget's JSON) would exceed ``max_bytes``.
+    Every argument is checked before the first frame is drawn: a ValueError (or TypeError) names the argument
+    if a parameter has no values or two values that display alike, if ``draw`` cannot take one argument per
+    parameter, if there would be more than ``max_frames`` frames (default :data:`MAX_FRAMES`) or more than
+    can fit in ``max_bytes`` (at least :data:`MIN_FRAME_BYTES` each), if ``dpi`` is outside 10..300, or
+    if ``play`` or ``live`` do not match the parameters. While drawing, a ValueError says if ``draw`` fails
+    (naming the values) or the widget state (PNGs in base64 plus each widget's JSON) exceeds ``max_bytes``.
     """
-    params = _params(values, name)
+    check_callable("draw", draw)
+    check_callable("fmt", fmt)
+    params = _params(values, name, "values", fmt)
+    names = [n for n, _ in params]
+    if not isinstance(play, (bool, str)):
+        raise ArgumentTypeError(f"play must be True, False or a parameter's name, got {play!r} "
+                                f"({type(play).__name__})")
+    if isinstance(play, str) and play not in names:
+        raise ValueError(f"play={play!r} is not one of the parameters {names}")
+    check_int("interval", interval, 1)
+    _check_dpi(dpi)
+    check_int("max_bytes", max_bytes, 1)
+    check_int("max_frames", max_frames, 1)
+    if live is not None:
+        live_params = _params(live, name, "live", fmt)
+        if [n for n, _ in live_params] != names:
+            raise ValueError(f"live must name the same parameters as values, in the same order: "
+                             f"{names}, got {[n for n, _ in live_params]}")
+        _check_live_sizes(live_params, "live")
+    _check_arity(draw, params)
+    n_frames = math.prod(len(vs) for _, vs in params)
+    sizes = " x ".join(str(len(vs)) for _, vs in params)
+    if n_frames > max_frames:
+        raise ValueError(f"an explorer of {n_frames} frames ({sizes} values) is refused before drawing: "
+                         f"at most max_frames={max_frames}; use fewer values, or a live view for fine steps")
+    if n_frames * MIN_FRAME_BYTES > max_bytes:
+        raise ValueError(f"{n_frames} frames ({sizes} values) cannot fit in max_bytes={max_bytes}: each frame "
+                         f"takes at least {MIN_FRAME_BYTES} bytes of widget state; use fewer values")
     frames, nbytes = [], 0
     for args in itertools.product(*(vs for _, vs in params)):
         label = ", ".join(f"{n}={v!r}" for (n, _), v in zip(params, args))
@@ -251,9 +362,6 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
     links = [link((c, "index"), (s, "selected_index")) for c, level in zip(controls, stacks) for s in level]
     player, which = None, None
     if play is not False:
-        names = [n for n, _ in params]
-        if play is not True and play not in names:
-            raise ValueError(f"play={play!r} is not one of the parameters {names}")
         which = controls[0 if play is True else names.index(play)]
     if which is not None and len(which.options) > 1:  # nothing to play over a single value
         player = widgets.Play(min=0, max=len(which.options) - 1, value=0, interval=interval)
@@ -263,7 +371,7 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
     rows = [widgets.HBox([player, c]) if player is not None and c is which else c for c in controls]
     children: List[widgets.Widget] = [*rows, root]
     if live is not None:
-        children.append(live_view(draw, live, name, fmt=fmt))
+        children.append(_live_view(draw, live_params, fmt))
 
     box = FrameExplorer(children)
     box.add_class("retnet-explorer")
@@ -292,8 +400,27 @@ def live_view(draw: Callable[..., Any], values: Values, name: str = "value", *,
 
     On the website the slider still moves and the figure stays as it was drawn at build time, hence the
     label. Put it in its own cell (e.g. tagged ``remove-output``) if the website should not show it.
+    Arguments are checked as :func:`frame_explorer` checks them; a slider has at most
+    :data:`MAX_LIVE_VALUES` positions.
     """
-    params = _params(values, name)
+    check_callable("draw", draw)
+    check_callable("fmt", fmt)
+    params = _params(values, name, "values", fmt)
+    _check_live_sizes(params, "values")
+    _check_arity(draw, params)
+    return _live_view(draw, params, fmt)
+
+
+def _check_live_sizes(params: List[Tuple[str, List[Any]]], argument: str) -> None:
+    for n, vs in params:
+        if len(vs) > MAX_LIVE_VALUES:
+            raise ValueError(f"{argument} would give the live slider {n!r} {len(vs)} positions: "
+                             f"at most {MAX_LIVE_VALUES}")
+
+
+def _live_view(draw: Callable[..., Any], params: List[Tuple[str, List[Any]]],
+               fmt: Callable[[Any], str]) -> widgets.VBox:
+    """:func:`live_view` for checked parameters."""
     controls = {f"p{i}": _control(n, [(fmt(v), v) for v in vs], vs) for i, (n, vs) in enumerate(params)}
 
     def show(**kw: Any) -> None:
