@@ -2,7 +2,8 @@
 
 Layers of the package, bottom to top (imports go one way):
 
-- :mod:`retnet_mini.retention`: the math, pure functions (decay schedules, the three forms);
+- :mod:`retnet_mini.decay`: every rule about gamma (schedules, gated decay, D and its rescaling);
+- :mod:`retnet_mini.retention`: the math of the three forms, pure functions;
 - :mod:`retnet_mini.rotation`: the theta rotation;
 - :mod:`retnet_mini.layers`: multi-scale retention, the FFN, the block;
 - :mod:`retnet_mini.model`: ``RetNetConfig`` and ``RetNetLM``;
@@ -12,11 +13,9 @@ Layers of the package, bottom to top (imports go one way):
 - :mod:`retnet_mini.bench`: benchmarks (`python -m retnet_mini.bench NAME`);
 - :mod:`retnet_mini.memory`, :mod:`retnet_mini.widgets`, :mod:`retnet_mini.exercises`: what the book uses.
 """
+from .decay import decay_matrix, experiment_log_decay, paper_log_decay
 from .retention import (
     chunkwise_retention,
-    decay_matrix,
-    experiment_log_decay,
-    paper_log_decay,
     parallel_retention,
     read_state,
     recurrent_retention,

@@ -1,4 +1,4 @@
-"""Argument checks shared by the book's helper modules (viz, widgets, memory, claims, bench).
+"""Argument checks shared by the package's modules.
 
 Each check returns the value (converted where that is harmless, e.g. a sequence to a list) or raises an
 error whose message names the argument and says what was expected. They run before any expensive work
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Collection, List, Optional
 
 __all__ = ["ArgumentTypeError", "check_bool", "check_callable", "check_choice", "check_int", "check_real",
-           "check_sequence", "check_str"]
+           "check_sequence", "check_str", "describe_tensor"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -129,3 +129,8 @@ def check_sequence(name: str, value: Any, *, min_len: int = 1, max_len: Optional
         if repeated:
             raise ValueError(f"{name} repeats {', '.join(map(repr, repeated))}: give each value once")
     return items
+
+
+def describe_tensor(x: Any) -> str:
+    """``shape (..), dtype .., device ..`` of a tensor, for error messages."""
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from ._checks import ArgumentTypeError, check_bool, check_callable, check_int, check_str
 from .layers import MultiScaleRetention
 from .model import RetNetConfig, RetNetLM, RetNetState
-from .retention import chunkwise_retention, parallel_retention, paper_log_decay, recurrent_retention, state_dtype
+from .decay import paper_log_decay
+from .retention import chunkwise_retention, parallel_retention, recurrent_retention, state_dtype
 from .transformer import CausalSelfAttention, KVCache, TransformerConfig, TransformerLM
 
 BENCH_CONFIG = dict(vocab_size=256, d_model=512, n_heads=2, n_layers=4)

@@ -5,7 +5,6 @@ there. Shapes: ``x`` is ``(B, T, d_model)``; heads are ``(B, H, T, head_dim)``.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -13,11 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import retention as _kernels     # the unchecked forms: the layer checks what it passes once
-from .retention import _check_log_decay, experiment_log_decay, paper_log_decay, state_dtype
-from .rotation import apply_rotation, check_position, rope_theta, rotation_tables, torchscale_theta
+from .decay import (
+    _check_log_decay, decay_schedule, gate_logit_for, gated_log_decay, paper_log_decay, rescale_factors,
+)
+from .retention import state_dtype
+from .rotation import apply_rotation, rope_theta, rotation_tables, torchscale_theta
 
 MODES = ("parallel", "recurrent", "chunkwise")
-DECAYS = ("paper", "experiment", "torchscale", "none", "single", "gated")   # see decay_schedule
 NORMS = ("layernorm", "rmsnorm")
 HEAD_NORMS = ("groupnorm", "rmsnorm", "none")
 FFNS = ("gelu", "glu")
@@ -95,21 +96,6 @@ def projection_dtype(x: Tensor) -> torch.dtype:
     if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
-
-
-def rescale_factors(log_decay: Tensor, offset: int, length: int) -> Tensor:
-    """The paper's second rescaling as a per-position factor: ``1 / sqrt(sum_{i<=n} D_ni)``.
-
-    Row ``n`` of ``D`` sums to ``sum_{j=0}^{n} gamma^j = (1 - gamma^(n+1)) / (1 - gamma)`` (``n + 1`` for
-    gamma = 1), so dividing the whole row is the same as scaling the output at ``n``. Returns ``(H, T, 1)``
-    for absolute positions ``offset .. offset + length - 1``.
-    """
-    check_position("offset", offset)
-    n_plus_1 = torch.arange(offset + 1, offset + length + 1, device=log_decay.device, dtype=log_decay.dtype)
-    ld = log_decay[:, None]
-    # -expm1(n ln g) / -expm1(ln g) is the geometric sum without cancellation when gamma is near 1.
-    row_sum = torch.where(ld == 0, n_plus_1[None, :], torch.expm1(n_plus_1[None, :] * ld) / torch.expm1(ld))
-    return torch.rsqrt(row_sum)[:, :, None]
 
 
 class MultiScaleRetention(nn.Module):
@@ -248,54 +234,6 @@ def retention(
             o = o + _kernels._read_state(q, state, log_decay)
         return o, _kernels._update_state(state, k, v, log_decay)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def decay_schedule(kind: str, n_heads: int) -> Tensor:
-    """``ln(gamma)`` per head, float64 ``(n_heads,)``.
-
-    ``"paper"`` (eq. 8), ``"experiment"`` (the LM runs' schedule), ``"torchscale"`` (eq. 8 computed in
-    float32 like the official code), ``"none"`` (gamma = 1: linear attention), ``"single"`` (gamma =
-    127/128 in every head, the paper's ablation).
-
-    ``RetNetConfig(decay="gated")`` has no fixed schedule: each layer computes ``ln(gamma)`` per head and
-    position from its input (:func:`gated_log_decay`), starting near the paper's schedule.
-    """
-    if kind == "paper":
-        return paper_log_decay(n_heads)
-    if kind == "experiment":
-        return experiment_log_decay(n_heads)
-    if kind == "torchscale":
-        return paper_log_decay(n_heads, dtype=torch.float32).double()
-    if kind == "none":
-        return torch.zeros(n_heads, dtype=torch.float64)
-    if kind == "single":
-        return torch.full((n_heads,), math.log(127 / 128), dtype=torch.float64)
-    if kind == "gated":
-        raise ValueError("decay 'gated' has no fixed schedule: each layer computes it from its input")
-    raise ValueError(f"decay must be one of {DECAYS}, got {kind!r}")
-
-
-GATE_TEMPERATURE = 16.0   # gated linear attention's normalizer tau: gamma = sigmoid(z)^(1/16) stays near 1
-
-
-def gated_log_decay(gate_logits: Tensor, temperature: float = GATE_TEMPERATURE) -> Tensor:
-    """Data-dependent decay, gated linear attention's simple gating: ``ln(gamma_t) = logsigmoid(z_t) / tau``.
-
-    ``gamma_t = sigmoid(z_t)^(1/tau)`` with ``z_t = x_t w_h + b_h`` per head: always in (0, 1), and with
-    ``tau = 16`` near 1 unless ``z_t`` is very negative (``gamma = 1/2`` needs ``z = -11.1``). Elementwise:
-    ``(B, T, H)`` logits -> ``(B, T, H)`` log decays (``<= 0``, computed without overflow).
-    """
-    return F.logsigmoid(gate_logits) / temperature
-
-
-def gate_logit_for(log_decay: Tensor, temperature: float = GATE_TEMPERATURE) -> Tensor:
-    """The inverse of :func:`gated_log_decay`: the logit ``z`` with ``logsigmoid(z) / tau = ln(gamma)``.
-
-    ``z = logit(gamma^tau) = tau ln(gamma) - ln(1 - gamma^tau)``; needs ``ln(gamma) < 0``. A gate whose
-    weights are zero and whose bias is this gives RetNet's fixed decay exactly.
-    """
-    a = temperature * log_decay
-    return a - torch.log(-torch.expm1(a))
 
 
 class FeedForward(nn.Module):

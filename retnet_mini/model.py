@@ -10,9 +10,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .layers import (
-    DECAYS, FFNS, HEAD_NORMS, MODES, NORMS, THETAS, RetNetBlock, embed_tokens, make_norm, projection_dtype,
-)
+from .decay import check_decay_choice
+from .layers import FFNS, HEAD_NORMS, MODES, NORMS, THETAS, RetNetBlock, embed_tokens, make_norm, projection_dtype
 from .retention import state_dtype
 from .rotation import check_position, rotation_tables
 from .sampling import check_generate_args, decode_loop
@@ -92,13 +91,7 @@ class RetNetConfig:
             )
         if self.value_dim % self.n_heads:
             raise ValueError(f"value_dim ({self.value_dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.decay not in DECAYS:
-            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
-        if self.decay == "gated" and self.rescale:
-            raise ValueError(
-                "rescale=True needs a fixed decay (its factors are row sums of a fixed gamma's decay matrix); "
-                "use rescale=False with decay='gated'"
-            )
+        check_decay_choice(self.decay, self.rescale)
 
     @classmethod
     def paper(cls, vocab_size: int, d_model: int = 256, n_heads: int = 4, n_layers: int = 4, **overrides):

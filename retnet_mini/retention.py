@@ -30,16 +30,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "paper_log_decay",
-    "experiment_log_decay",
-    "decay_matrix",
     "parallel_retention",
     "recurrent_retention",
     "chunkwise_retention",
@@ -48,34 +44,10 @@ __all__ = [
     "state_dtype",
 ]
 
+from ._checks import describe_tensor
+from .decay import _check_log_decay, _decay_factors, _positionwise
+
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-# ---------------------------------------------------------------------------------------------
-# Decay schedules: one gamma per head, the same in every layer.
-# ---------------------------------------------------------------------------------------------
-def paper_log_decay(n_heads: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """``ln(gamma_h)`` with ``gamma_h = 1 - 2^(-5-h)``, ``h = 0..n_heads-1`` (the paper's eq. 8).
-
-    Computed in float64 (gamma is within 2^-20 of 1 for 16 heads) and then cast to ``dtype``.
-    Returns a tensor of shape ``(n_heads,)``.
-    """
-    _check_n_heads(n_heads)
-    h = torch.arange(n_heads, dtype=torch.float64)
-    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
-
-
-def experiment_log_decay(n_heads: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """``ln(gamma_h)`` with ``gamma = 1 - exp(linspace(ln 1/32, ln 1/512, n_heads))``.
-
-    The schedule the paper's language-modeling experiments used "instead of the default" eq. 8: the
-    slowest head has gamma = 1 - 1/512, whatever the number of heads. Shape ``(n_heads,)``.
-    """
-    _check_n_heads(n_heads)
-    one_minus_gamma = torch.exp(
-        torch.linspace(math.log(1 / 32), math.log(1 / 512), n_heads, dtype=torch.float64)
-    )
-    return torch.log1p(-one_minus_gamma).to(dtype)
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -95,78 +67,6 @@ def _outside_autocast(fn):
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
     return wrapper
-
-
-def _check_n_heads(n_heads: int) -> None:
-    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
-
-
-def decay_matrix(log_decay: Tensor, length: int) -> Tensor:
-    """The causal decay matrix ``D[h, n, m] = gamma_h^(n-m)`` for ``n >= m``, else 0.
-
-    Args:
-        log_decay: ``(H,)`` ``ln(gamma)`` per head, each ``<= 0``; or ``(B, H, length)`` per position
-            (then ``D[b, h, n, m] = gamma_{m+1} ... gamma_n``).
-        length: ``T``, the number of positions.
-    Returns:
-        ``(H, T, T)`` (or ``(B, H, T, T)``) in ``log_decay``'s dtype and device.
-    """
-    if not isinstance(length, int) or length < 0:
-        raise ValueError(f"length must be a non-negative int, got {length!r}")
-    per_position = isinstance(log_decay, Tensor) and log_decay.ndim == 3
-    _check_log_decay(log_decay, n_heads=None, batch_and_length=(log_decay.shape[0], length) if per_position else None)
-    D = _decay_factors(_positionwise(log_decay, length), fixed=not per_position)[0]
-    return D if per_position else D[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Decay factors of a block of positions. Everything below is written for a decay per position,
-# a_t = ln(gamma_t) <= 0, applied as S_t = gamma_t S_{t-1} + k_t^T v_t; RetNet's fixed decay is the case
-# a_t = ln(gamma) for every t (gated linear attention and Mamba-2 compute a_t from the input).
-# ---------------------------------------------------------------------------------------------
-def _positionwise(log_decay: Tensor, T: int) -> Tensor:
-    """``ln(gamma)`` of every position: ``(H,)`` -> a ``(1, H, T)`` view; ``(B, H, T)`` unchanged."""
-    return log_decay[None, :, None].expand(1, -1, T) if log_decay.ndim == 1 else log_decay
-
-
-def _segment_sums(a: Tensor) -> Tensor:
-    """``(..., L) -> (..., L, L)``: entry ``[n, m]`` is ``a_{m+1} + ... + a_n`` for ``n >= m`` (0 on the
-    diagonal) and ``-inf`` above it. Summed directly, not as a difference of prefix sums, which would
-    cancel catastrophically far into a sequence."""
-    L = a.shape[-1]
-    idx = torch.arange(L, device=a.device)
-    strictly_below = idx[:, None] > idx[None, :]
-    terms = a[..., :, None].expand(*a.shape, L).masked_fill(~strictly_below, 0.0)   # [n, m] = a_n if n > m
-    return terms.cumsum(-2).masked_fill(idx[:, None] < idx[None, :], float("-inf"))
-
-
-def _decay_factors(a: Tensor, fixed: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The decay factors of a block of ``L`` positions with per-position log decays ``a: (..., L)``.
-
-    Returns, each broadcastable against the block's tensors:
-
-    - ``D``  ``(..., L, L)``: ``D[n, m] = exp(a_{m+1} + ... + a_n)`` for ``n >= m``, else 0 (eq. 5's D);
-    - ``xi`` ``(..., L, 1)``: ``exp(a_0 + ... + a_j)``, how much of the incoming state position ``j`` sees;
-    - ``zeta`` ``(..., L, 1)``: ``exp(a_{j+1} + ... + a_{L-1})``, how much of position ``j`` is left at the end;
-    - ``total`` ``(..., 1, 1)``: ``exp(a_0 + ... + a_{L-1})``, the decay of the state across the block.
-
-    With a fixed decay these are ``gamma^(n-m)``, ``gamma^(j+1)``, ``gamma^(L-1-j)`` and ``gamma^L``;
-    ``fixed=True`` then forms D from the integer distance ``n - m`` times ``ln(gamma)``, exactly.
-    Every exponent is <= 0, and the masked entries are ``-inf`` before ``exp``: no overflow, no ``inf * 0``.
-    """
-    L = a.shape[-1]
-    if fixed:
-        idx = torch.arange(L, device=a.device)
-        distance = (idx[:, None] - idx[None, :]).to(a.dtype)
-        exponents = torch.where(distance >= 0, distance * a[..., :1, None], float("-inf"))
-    else:
-        exponents = _segment_sums(a)
-    from_start = a.cumsum(-1)                           # a_0 + ... + a_j
-    to_end = a.flip(-1).cumsum(-1).flip(-1)             # a_j + ... + a_{L-1}
-    after = torch.cat([to_end[..., 1:], torch.zeros_like(to_end[..., :1])], dim=-1)   # a_{j+1} + ...
-    return (torch.exp(exponents), torch.exp(from_start)[..., None], torch.exp(after)[..., None],
-            torch.exp(to_end[..., :1, None]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +123,7 @@ def recurrent_retention(
         raise ValueError(
             f"inplace=True needs a contiguous state of dtype {state_dtype(q.dtype)} (state_dtype(q.dtype)) "
             f"and torch.no_grad(); got "
-            + ("state=None" if state is None else f"{_describe(state)}, contiguous={state.is_contiguous()}")
+            + ("state=None" if state is None else f"{describe_tensor(state)}, contiguous={state.is_contiguous()}")
             + f", grad enabled={torch.is_grad_enabled()}"
         )
     q, k, v, log_decay, out_dtype = _to_compute_dtype(q, k, v, log_decay)
@@ -507,43 +407,14 @@ def _from_compute_dtype(x: Tensor, out_dtype: torch.dtype, where: str) -> Tensor
     return y
 
 
-def _describe(x: Tensor) -> str:
-    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
-
-
-def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length=None) -> None:
-    """``(H,)``, or ``(B, H, T)`` when ``batch_and_length = (B, T)`` is given; finite, ``<= 0``."""
-    if not isinstance(log_decay, Tensor):
-        raise TypeError(f"log_decay must be a torch.Tensor of shape (H,) or (B, H, T), got {type(log_decay).__name__}")
-    H = "H" if n_heads is None else n_heads
-    if batch_and_length is None:
-        want, ok = f"({H},) (one ln(gamma) per head)", log_decay.ndim == 1
-    else:
-        B, T = batch_and_length
-        want = f"({H},) (one ln(gamma) per head) or ({B}, {H}, {T}) (one per position)"
-        ok = log_decay.ndim == 1 or (log_decay.ndim == 3 and log_decay.shape[0] == B and log_decay.shape[2] == T)
-    if not ok or (n_heads is not None and log_decay.shape[-2 if log_decay.ndim == 3 else 0] != n_heads):
-        raise ValueError(f"log_decay must have shape {want}, got {_describe(log_decay)}")
-    if not log_decay.is_floating_point():
-        raise TypeError(f"log_decay must be a floating-point tensor, got {_describe(log_decay)}")
-    # Values are checked at every call of a public function (a read-back: a stall on a GPU). The model's
-    # layers call the unchecked kernels (_parallel, _recurrent, ...) and check their fixed decay once.
-    if not torch.isfinite(log_decay).all():
-        raise ValueError("log_decay must be finite: ln(gamma) with 0 < gamma <= 1")
-    if (log_decay > 0).any():
-        raise ValueError(
-            f"log_decay must be <= 0 (gamma <= 1; gamma = 1 is no decay), got max {log_decay.max().item():.6g}"
-        )
-
-
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor]) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
-            raise ValueError(f"{name} must have 4 dims (B, H, T, d), got {_describe(x)}")
+            raise ValueError(f"{name} must have 4 dims (B, H, T, d), got {describe_tensor(x)}")
         if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {_describe(x)}")
+            raise TypeError(f"{name} must be a floating-point tensor, got {describe_tensor(x)}")
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape (B, H, T, d_k); got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
@@ -563,7 +434,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Opt
         if not isinstance(state, Tensor):
             raise TypeError(f"state must be a torch.Tensor of shape {want} or None, got {type(state).__name__}")
         if tuple(state.shape) != want:
-            raise ValueError(f"state must have shape (B, H, d_k, d_v) = {want}, got {_describe(state)}")
+            raise ValueError(f"state must have shape (B, H, d_k, d_v) = {want}, got {describe_tensor(state)}")
         if state.device != q.device:
             raise ValueError(f"state is on {state.device} but q is on {q.device}")
         if state.dtype != q.dtype and not (q.dtype in _HALF_DTYPES and state.dtype == torch.float32):

@@ -26,15 +26,15 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ._checks import ArgumentTypeError, check_choice, check_int, check_real, check_sequence
+from ._checks import check_choice, check_int, check_sequence
 from .bench import chunkwise_flops
-from .layers import rescale_factors
-from .retention import decay_matrix, experiment_log_decay, paper_log_decay
+from .decay import (
+    SPAN_TOL, decay_matrix, decay_schedule, effective_span, half_life, normalized_decay_matrix,
+)
 from .widgets import FrameExplorer, frame_explorer, table
 
 __all__ = [
-    "SCHEDULES", "MAX_DRAW_HEADS", "MAX_DRAW_LENGTH", "FORMS", "schedule_log_decay", "half_life", "effective_span",
-    "normalized_decay_matrix",
+    "SCHEDULES", "MAX_DRAW_HEADS", "MAX_DRAW_LENGTH", "FORMS", "schedule_log_decay",
     "decay_rows", "decay_table", "draw_decay", "decay_explorer",
     "ZERO", "INNER", "STATE", "chunk_regions", "chunk_lengths", "parallel_flops", "recurrent_flops",
     "chunkwise_flops_exact", "memory_numbers", "form_costs", "chunk_table", "draw_chunks",
@@ -44,8 +44,8 @@ __all__ = [
 # =============================================================================================
 # Decay
 # =============================================================================================
-SCHEDULES = {"paper (eq. 8)": paper_log_decay, "experiments": experiment_log_decay}
-SPAN_TOL = 1e-3
+#: The schedules the decay explorer shows, by display label -> the name in retnet_mini.decay.SCHEDULES.
+SCHEDULES = {"paper (eq. 8)": "paper", "experiments": "experiment"}
 #: Most heads :func:`draw_decay` draws (the book goes up to 32): one curve each, and beyond that the curves
 #: of neighbouring heads cannot be told apart.
 MAX_DRAW_HEADS = 64
@@ -55,21 +55,6 @@ MAX_DRAW_HEADS = 64
 MAX_DRAW_LENGTH = 2048
 #: The forms :func:`memory_numbers` knows.
 FORMS = ("parallel", "recurrent", "chunkwise", "chunkwise, batched")
-
-
-def _check_log_decay(log_decay: Tensor, one_per_head: bool = False) -> Tensor:
-    """``ln(gamma)`` values: a real tensor, finite and <= 0 (0 < gamma <= 1); ``(H,)`` if ``one_per_head``."""
-    if not isinstance(log_decay, Tensor):
-        raise ArgumentTypeError(f"log_decay must be a torch.Tensor of ln(gamma) values, "
-                                f"got {type(log_decay).__name__}")
-    if log_decay.is_complex() or log_decay.dtype == torch.bool:
-        raise ArgumentTypeError(f"log_decay must hold real numbers, got dtype {log_decay.dtype}")
-    if one_per_head and (log_decay.ndim != 1 or len(log_decay) == 0):
-        raise ValueError(f"log_decay must have shape (H,) with H >= 1 (one ln(gamma) per head), "
-                         f"got {tuple(log_decay.shape)}")
-    if not torch.isfinite(log_decay).all() or (log_decay > 0).any():
-        raise ValueError("log_decay must be finite and <= 0: ln(gamma) with 0 < gamma <= 1")
-    return log_decay
 
 
 def _check_schedules(schedules: Sequence[str]) -> List[str]:
@@ -83,37 +68,7 @@ def schedule_log_decay(n_heads: int, schedule: str) -> Tensor:
     """``ln(gamma)`` per head, float64 ``(n_heads,)``, for a schedule named as in :data:`SCHEDULES`."""
     check_int("n_heads", n_heads, 1)
     check_choice("schedule", schedule, SCHEDULES)
-    return SCHEDULES[schedule](n_heads)
-
-
-def half_life(log_decay: Tensor) -> Tensor:
-    """Tokens after which a head keeps half the weight: ``ln 0.5 / ln gamma`` (inf for gamma = 1).
-
-    ``log_decay`` is a tensor of any shape of ``ln(gamma)`` values, finite and <= 0.
-    """
-    ld = _check_log_decay(log_decay).double()
-    return torch.where(ld < 0, math.log(0.5) / ld, math.inf)
-
-
-def effective_span(log_decay: Tensor, tol: float = SPAN_TOL) -> Tensor:
-    """The fewest tokens ``n`` with ``gamma^n < tol``: ``floor(ln tol / ln gamma) + 1`` (inf for gamma = 1).
-
-    Float64 tensor of whole numbers (a float so that gamma = 1 can be inf). At an exact tie
-    (``gamma^n == tol`` for a whole ``n``) the rounding of the logarithms decides.
-    """
-    tol = check_real("tol", tol, 0, 1, low_open=True, high_open=True)
-    ld = _check_log_decay(log_decay).double()
-    return torch.where(ld < 0, torch.floor(math.log(tol) / ld) + 1, math.inf)
-
-
-def normalized_decay_matrix(log_decay: Tensor, length: int) -> Tensor:
-    """``D~[h, n, m] = D[h, n, m] / sqrt(sum_{i<=n} D[h, n, i])`` (the paper's second rescaling), ``(H, T, T)``.
-
-    ``log_decay`` is ``(H,)``, finite and <= 0; ``length`` an int >= 0.
-    """
-    _check_log_decay(log_decay, one_per_head=True)
-    check_int("length", length, 0)
-    return decay_matrix(log_decay, length) * rescale_factors(log_decay, 0, length)
+    return decay_schedule(SCHEDULES[schedule], n_heads)
 
 
 def decay_rows(n_heads: int, schedule: str, context: int = 2048) -> List[list]:

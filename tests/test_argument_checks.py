@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from retnet_mini import bench, claims, memory, viz  # noqa: E402
+from retnet_mini import bench, claims, decay, memory, viz  # noqa: E402
 from retnet_mini import widgets as rw  # noqa: E402
 from retnet_mini._checks import (  # noqa: E402
     ArgumentTypeError, check_bool, check_choice, check_int, check_real, check_sequence,
@@ -134,12 +134,12 @@ VIZ_CASES = [
     *cases(viz.schedule_log_decay, dict(n_heads=4, schedule=PAPER), "n_heads", NOT_INT, [0, -3]),
     *cases(viz.schedule_log_decay, dict(n_heads=4, schedule=PAPER), "schedule", [None, ["paper"], 8],
            ["paper", "", "PAPER (EQ. 8)"]),
-    *cases(viz.half_life, dict(log_decay=LD), "log_decay", BAD_LOG_DECAY_TYPE, BAD_LOG_DECAY_VALUE),
-    *cases(viz.effective_span, dict(log_decay=LD), "log_decay", BAD_LOG_DECAY_TYPE, BAD_LOG_DECAY_VALUE),
-    *cases(viz.effective_span, dict(log_decay=LD, tol=1e-3), "tol", NOT_REAL, [0, 1, -0.5, 2, *NON_FINITE]),
-    *cases(viz.normalized_decay_matrix, dict(log_decay=LD, length=4), "log_decay", BAD_LOG_DECAY_TYPE,
+    *cases(decay.half_life, dict(log_decay=LD), "log_decay", BAD_LOG_DECAY_TYPE, BAD_LOG_DECAY_VALUE),
+    *cases(decay.effective_span, dict(log_decay=LD), "log_decay", BAD_LOG_DECAY_TYPE, BAD_LOG_DECAY_VALUE),
+    *cases(decay.effective_span, dict(log_decay=LD, tol=1e-3), "tol", NOT_REAL, [0, 1, -0.5, 2, *NON_FINITE]),
+    *cases(decay.normalized_decay_matrix, dict(log_decay=LD, length=4), "log_decay", BAD_LOG_DECAY_TYPE,
            [*BAD_LOG_DECAY_VALUE, torch.zeros(2, 3), torch.zeros(0), torch.tensor(-0.1)]),
-    *cases(viz.normalized_decay_matrix, dict(log_decay=LD, length=4), "length", NOT_INT, [-1]),
+    *cases(decay.normalized_decay_matrix, dict(log_decay=LD, length=4), "length", NOT_INT, [-1]),
     *cases(viz.decay_rows, dict(n_heads=2, schedule=PAPER), "context", NOT_INT, [-1]),
     *cases(viz.decay_table, dict(n_heads=2, schedule=PAPER), "n_heads", NOT_INT, [0]),
     *cases(viz.decay_table, dict(n_heads=2, schedule=PAPER), "schedule", [None], ["eq. 8"]),
@@ -202,7 +202,7 @@ def test_viz_schedule_message_lists_the_schedules():
 def test_gamma_outside_0_1_is_refused(gamma):
     """ln(gamma) for gamma outside (0, 1]: > 0, -inf (gamma = 0) or NaN (gamma < 0) in one of the heads."""
     log_decay = torch.log(torch.tensor([0.5, gamma], dtype=torch.float64))
-    for fn in (viz.half_life, viz.effective_span, lambda ld: viz.normalized_decay_matrix(ld, 3)):
+    for fn in (decay.half_life, decay.effective_span, lambda ld: decay.normalized_decay_matrix(ld, 3)):
         with pytest.raises(ValueError, match=r"log_decay must be finite and <= 0: ln\(gamma\) with 0 < gamma <= 1"):
             fn(log_decay)
 

@@ -20,7 +20,7 @@ from retnet_mini.exercises import attention, block, decay, derivation, forms, in
 from retnet_mini.memory import max_batch_size
 from retnet_mini.rotation import rotate
 from retnet_mini.tasks import masked_accuracy
-from retnet_mini.viz import effective_span, half_life, normalized_decay_matrix
+from retnet_mini.decay import effective_span, half_life, normalized_decay_matrix
 
 from exercise_notebooks import rejected
 

@@ -7,9 +7,8 @@ from hypothesis import strategies as st
 from torch.func import functional_call
 
 from retnet_mini import RetNetConfig, RetNetLM
-from retnet_mini.layers import (GATE_TEMPERATURE, MultiScaleRetention, decay_schedule, gate_logit_for,
-                                gated_log_decay)
-from retnet_mini.retention import paper_log_decay
+from retnet_mini.decay import GATE_TEMPERATURE, decay_schedule, gate_logit_for, gated_log_decay, paper_log_decay
+from retnet_mini.layers import MultiScaleRetention
 
 MODES = ("parallel", "recurrent", "chunkwise")
 

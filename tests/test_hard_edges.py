@@ -16,7 +16,7 @@ from retnet_mini import (
     KVCache, RetNetConfig, RetNetLM, RetNetState, TransformerConfig, TransformerLM, chunkwise_retention,
     paper_log_decay, parallel_retention, read_state, recurrent_retention, update_state,
 )
-from retnet_mini.layers import rescale_factors
+from retnet_mini.decay import rescale_factors
 from retnet_mini.rotation import rope_theta, rotate, rotate_complex, rotation_tables
 from retnet_mini.layers import add_token_shift
 from retnet_mini.tasks import copy_task, evaluate_on_task, mqar, mqar_layout, train_on_task

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from retnet_mini import viz  # noqa: E402
+from retnet_mini import decay, viz  # noqa: E402
 from retnet_mini.bench import chunkwise_flops  # noqa: E402
 from retnet_mini.viz import INNER, STATE, ZERO  # noqa: E402
 
@@ -36,40 +36,40 @@ def test_schedules_by_hand():
 
 def test_half_life_by_hand():
     # gamma = 1/2: one token halves the weight; gamma = 2^(-1/10): ten tokens
-    assert viz.half_life(ln(0.5)).item() == pytest.approx(1.0, rel=1e-14)
-    assert viz.half_life(ln(2 ** -0.1)).item() == pytest.approx(10.0, rel=1e-12)
+    assert decay.half_life(ln(0.5)).item() == pytest.approx(1.0, rel=1e-14)
+    assert decay.half_life(ln(2 ** -0.1)).item() == pytest.approx(10.0, rel=1e-12)
     # gamma = 31/32: ln 2 / -ln(31/32) = 0.693147... / 0.0317487... = 21.8323
-    assert viz.half_life(ln(31 / 32)).item() == pytest.approx(21.8323, abs=1e-4)
+    assert decay.half_life(ln(31 / 32)).item() == pytest.approx(21.8323, abs=1e-4)
     # gamma = 127/128 (the paper's single-gamma ablation): 88.3758 tokens
-    assert viz.half_life(ln(127 / 128)).item() == pytest.approx(88.3758, abs=1e-4)
-    assert viz.half_life(torch.zeros(1, dtype=torch.float64)).item() == math.inf  # no decay
+    assert decay.half_life(ln(127 / 128)).item() == pytest.approx(88.3758, abs=1e-4)
+    assert decay.half_life(torch.zeros(1, dtype=torch.float64)).item() == math.inf  # no decay
 
 
 def test_effective_span_by_hand():
     # 0.5^9 = 1.95e-3 >= 1e-3, 0.5^10 = 9.77e-4 < 1e-3
-    assert viz.effective_span(ln(0.5)).item() == 10
+    assert decay.effective_span(ln(0.5)).item() == 10
     # 0.9^65 = 1.04e-3, 0.9^66 = 9.55e-4
     assert 0.9 ** 65 >= 1e-3 > 0.9 ** 66
-    assert viz.effective_span(ln(0.9)).item() == 66
+    assert decay.effective_span(ln(0.9)).item() == 66
     # 31/32: ln(1e-3) / ln(31/32) = 217.6 -> 218; the last slow head of eq. 8 with 16 heads: 7,243,303
-    assert viz.effective_span(ln(31 / 32)).item() == 218
-    assert viz.effective_span(torch.log1p(torch.tensor([-2.0 ** -20], dtype=torch.float64))).item() == 7_243_303
+    assert decay.effective_span(ln(31 / 32)).item() == 218
+    assert decay.effective_span(torch.log1p(torch.tensor([-2.0 ** -20], dtype=torch.float64))).item() == 7_243_303
     # another tolerance: 0.5^2 = 0.25 < 0.3
-    assert viz.effective_span(ln(0.5), tol=0.3).item() == 2
-    assert viz.effective_span(torch.zeros(1, dtype=torch.float64)).item() == math.inf
+    assert decay.effective_span(ln(0.5), tol=0.3).item() == 2
+    assert decay.effective_span(torch.zeros(1, dtype=torch.float64)).item() == math.inf
     with pytest.raises(ValueError):
-        viz.effective_span(ln(0.5), tol=1.5)
+        decay.effective_span(ln(0.5), tol=1.5)
 
 
 def test_span_is_the_first_position_below_the_tolerance():
     ld = viz.schedule_log_decay(8, EXPERIMENTS)
-    for h, n in enumerate(viz.effective_span(ld).long().tolist()):
+    for h, n in enumerate(decay.effective_span(ld).long().tolist()):
         assert math.exp(n * ld[h].item()) < 1e-3 <= math.exp((n - 1) * ld[h].item())
 
 
 def test_normalized_decay_matrix_by_hand():
     ld = torch.tensor([math.log(0.5), 0.0], dtype=torch.float64)
-    Dn = viz.normalized_decay_matrix(ld, 3)
+    Dn = decay.normalized_decay_matrix(ld, 3)
     # gamma = 1/2, row 2: D = [1/4, 1/2, 1], row sum 7/4
     assert torch.allclose(Dn[0, 2], torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64) / math.sqrt(1.75))
     # gamma = 1, row n holds n + 1 ones: each divided by sqrt(n + 1)

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..retention import decay_matrix
-from ..viz import effective_span, half_life, normalized_decay_matrix
+from ..decay import decay_matrix
+from ..decay import effective_span, half_life, normalized_decay_matrix
 from . import (ExerciseError, _compare_outputs, _describe_case, call_answer, copy_case, mutation_note, randint,
                random_cases, uniform, wrong_type)
 

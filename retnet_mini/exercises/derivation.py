@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..retention import decay_matrix, parallel_retention
+from ..decay import decay_matrix
+from ..retention import parallel_retention
 from ..rotation import rotate
 from . import ExerciseError, compare, compare_with_hints, randint, randn, random_cases, uniform
 

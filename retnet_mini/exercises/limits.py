@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers import gated_log_decay
+from ..decay import gated_log_decay
 from ..tasks import masked_accuracy, mqar_layout
 from . import (ExerciseError, _describe_case, _kind, _precision_note, as_number, call_answer, compare_with_hints,
                random_cases, require_function, to_tensor, wrong_type)
