@@ -130,8 +130,9 @@ def bench_models(device: torch.device, dtype=torch.float32):
 # ---------------------------------------------------------------------------------------------
 # decode: per-token latency against context length.
 # ---------------------------------------------------------------------------------------------
-def _retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
-    """A state as after ``context`` tokens (random values: the step's cost does not depend on them)."""
+def retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
+    """A state of ``model`` as after ``context`` tokens, for timing a decoding step there (random values: the
+    step's cost does not depend on them; a RetNet state has the same size at every context)."""
     if not isinstance(model, RetNetLM):
         raise ArgumentTypeError(f"model must be a RetNetLM, got {type(model).__name__}")
     check_int("batch", batch, 1)
@@ -143,8 +144,9 @@ def _retnet_state_at(model: RetNetLM, batch: int, context: int) -> RetNetState:
                         for _ in model.blocks], context)
 
 
-def _kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> KVCache:
-    """A KV cache as after ``context`` tokens, with room for ``room`` more (random values)."""
+def kv_cache_at(model: TransformerLM, batch: int, context: int, room: int) -> KVCache:
+    """A KV cache of ``model`` as after ``context`` tokens, with room for ``room`` more decoding steps
+    (random values), for timing a decoding step there."""
     if not isinstance(model, TransformerLM):
         raise ArgumentTypeError(f"model must be a TransformerLM, got {type(model).__name__}")
     check_int("batch", batch, 1)
@@ -186,19 +188,17 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
         # Every context of both models is timed in one round-robin, so a slow spell of the machine hits all
         # of them alike: the ratios between contexts (flatness) hold as well as those between the models.
         token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        states = {ctx: _retnet_state_at(retnet, batch, ctx) for ctx in contexts}
-        caches = {ctx: _kv_cache_at(transformer, batch, ctx, steps) for ctx in contexts}
+        states = {ctx: retnet_state_at(retnet, batch, ctx) for ctx in contexts}
+        caches = {ctx: kv_cache_at(transformer, batch, ctx, steps) for ctx in contexts}
 
-        def retnet_steps(ctx):           # as generate() decodes: the state updated in place
-            s = states[ctx]
+        def retnet_steps(ctx):           # as generate() decodes: the public step, the state moved on in place
             for _ in range(steps):
-                _, s = retnet._forward(token, "recurrent", s, 1, inplace=True)
+                retnet.step(token, states[ctx], check=False)
 
         def transformer_steps(ctx):
             caches[ctx].offset = ctx         # rewind: every timing decodes at the same context
-            c = caches[ctx]
             for _ in range(steps):
-                _, c = transformer._forward(token, c)
+                transformer.step(token, caches[ctx], check=False)
         fns = {}
         for ctx in contexts:
             fns[f"retnet {ctx}"] = lambda ctx=ctx: retnet_steps(ctx)
@@ -218,10 +218,10 @@ def bench_decode(device: torch.device, quick: bool = False) -> dict:
     # The floor and the step at the shortest context, interleaved: both then read the weights under the
     # same cache conditions (in the table above the step alternates with the Transformer's).
     lo = contexts[0]
-    state, token = _retnet_state_at(retnet, 1, lo), torch.zeros(1, 1, dtype=torch.long, device=device)
+    state, token = retnet_state_at(retnet, 1, lo), torch.zeros(1, 1, dtype=torch.long, device=device)
 
     def retnet_step():
-        retnet._forward(token, "recurrent", state, 1, inplace=True)
+        retnet.step(token, state, check=False)
     med = interleaved_medians({"step": retnet_step, "floor": decode_floor(retnet, device)}, 31, device)
     floor_ms, step_ms = med["floor"] * 1e3, med["step"] * 1e3
     print(_table("", ["batch", "context", "retnet ms/tok", "transf ms/tok", "speedup", "retnet tok/s",

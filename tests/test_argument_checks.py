@@ -489,7 +489,7 @@ def test_bench_refuses_a_bad_argument_by_name(fn, good, arg, bad, error):
 ])
 def test_state_and_cache_helpers_check_their_arguments(tiny_models, which, kwargs, arg):
     retnet, transformer = tiny_models
-    fn = bench._retnet_state_at if which.endswith("retnet") else bench._kv_cache_at
+    fn = bench.retnet_state_at if which.endswith("retnet") else bench.kv_cache_at
     model = retnet if which.startswith("retnet") else transformer
     refused(fn, dict(model=model, **kwargs), arg, ValueError)
 
