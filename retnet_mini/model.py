@@ -1,7 +1,6 @@
 """The RetNet language model: config with two presets, the model, generation, weight conversion."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ class RetNetConfig:
     ``2 * d_model``). Use the presets :meth:`paper` and :meth:`torchscale` rather than this directly.
 
     Frozen: a model keeps its config, and a field changed afterwards would make the two disagree (or the
-    config invalid); :func:`replace_config` makes a changed copy, validated again.
+    config invalid); ``dataclasses.replace(config, ...)`` makes a changed copy, validated again.
     """
 
     vocab_size: int
@@ -454,8 +453,3 @@ def _check_torchscale_buffers(state_dict: dict, model: RetNetLM) -> None:
                 f"{key} differs from the values torchscale 0.3.0 computes for this config (largest gap "
                 f"{(got - want.cpu()).abs().max().item():.3g}): these weights come from another schedule or version"
             )
-
-
-def replace_config(config: RetNetConfig, **changes) -> RetNetConfig:
-    """A copy of ``config`` with some fields changed (validated again)."""
-    return dataclasses.replace(config, **changes)

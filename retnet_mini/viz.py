@@ -6,11 +6,12 @@
   :func:`draw_decay` returns ``(Figure, text)``; :func:`decay_table` is the text; :func:`decay_explorer`
   precomputes the views with :func:`retnet_mini.widgets.frame_explorer`.
 - **Chunk size** (the three-forms chapter): which entries of the ``T x T`` causal matrix a chunk computes
-  itself (:func:`chunk_regions`) and what parallel, recurrent and chunkwise retention cost
-  (:func:`form_costs`). :func:`draw_chunks`, :func:`chunk_table`, :func:`chunk_size_explorer`.
+  itself (:func:`chunk_regions`) and what parallel, recurrent and chunkwise retention cost, as
+  :func:`retnet_mini.costs.form_costs` counts it. :func:`draw_chunks`, :func:`chunk_table`,
+  :func:`chunk_size_explorer`.
 
 Everything here is a pure function of its arguments (no randomness), so a view drawn twice is the same.
-Every public function checks its arguments first (ints, ranges, schedule and form names, ``ln(gamma)``
+Every public function checks its arguments first (ints, ranges, schedule names, ``ln(gamma)``
 tensors) and raises a ValueError or TypeError naming the argument; the drawing functions also refuse sizes
 beyond :data:`MAX_DRAW_HEADS` and :data:`MAX_DRAW_LENGTH`, before they draw.
 """
@@ -27,18 +28,16 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ._checks import check_choice, check_int, check_sequence
-from .bench import chunkwise_flops
+from .costs import chunk_lengths, form_costs
 from .decay import (
     SPAN_TOL, decay_matrix, decay_schedule, effective_span, half_life, normalized_decay_matrix,
 )
 from .widgets import FrameExplorer, frame_explorer, table
 
 __all__ = [
-    "SCHEDULES", "MAX_DRAW_HEADS", "MAX_DRAW_LENGTH", "FORMS", "schedule_log_decay",
+    "SCHEDULES", "MAX_DRAW_HEADS", "MAX_DRAW_LENGTH", "schedule_log_decay",
     "decay_rows", "decay_table", "draw_decay", "decay_explorer",
-    "ZERO", "INNER", "STATE", "chunk_regions", "chunk_lengths", "parallel_flops", "recurrent_flops",
-    "chunkwise_flops_exact", "memory_numbers", "form_costs", "chunk_table", "draw_chunks",
-    "chunk_size_explorer",
+    "ZERO", "INNER", "STATE", "chunk_regions", "chunk_table", "draw_chunks", "chunk_size_explorer",
 ]
 
 # =============================================================================================
@@ -53,8 +52,6 @@ MAX_DRAW_HEADS = 64
 #: draws 32 and 1024). A heat map in a frame is ~200 pixels wide, so 2048 positions are ~10 per pixel,
 #: and drawing grows as T^2: ~2 s at 2048, 8 s at 4096 for the decay view (11 s at 8192 for the chunks).
 MAX_DRAW_LENGTH = 2048
-#: The forms :func:`memory_numbers` knows.
-FORMS = ("parallel", "recurrent", "chunkwise", "chunkwise, batched")
 
 
 def _check_schedules(schedules: Sequence[str]) -> List[str]:
@@ -175,7 +172,6 @@ def decay_explorer(heads: Sequence[int] = (1, 2, 4, 8, 16),
 # Chunk size
 # =============================================================================================
 ZERO, INNER, STATE = 0, 1, 2
-REGION_NAMES = {ZERO: "zero (m > n)", INNER: "inside the chunk (parallel)", STATE: "through the state"}
 
 
 def chunk_regions(length: int, chunk_size: int) -> np.ndarray:
@@ -197,102 +193,17 @@ def chunk_regions(length: int, chunk_size: int) -> np.ndarray:
     return regions
 
 
-def chunk_lengths(length: int, chunk_size: int) -> List[int]:
-    """The chunks' lengths, e.g. ``(10, 4) -> [4, 4, 2]``; ``chunk_size > T`` gives one chunk.
-
-    ``length`` is an int >= 0 (0 gives no chunks), ``chunk_size`` an int >= 1.
-    """
-    check_int("length", length, 0)
-    check_int("chunk_size", chunk_size, 1)
-    full, last = divmod(length, chunk_size)
-    return [chunk_size] * full + ([last] if last else [])
-
-
-# Costs for ONE head of ONE sequence, d_k and d_v the head's key and value widths. FLOPs count the matrix
-# products only (multiply-adds x 2), the convention of bench.chunkwise_flops; elementwise decay factors and
-# building D, xi, zeta are left out. Memory counts the numbers held besides q, k, v and the output.
 def _check_sizes(length: int, d_k: int, d_v: int) -> None:
     check_int("length", length, 0)
     check_int("d_k", d_k, 1)
     check_int("d_v", d_v, 1)
 
 
-def parallel_flops(length: int, d_k: int, d_v: int) -> int:
-    """``Q K^T`` (T x T x d_k) and its product with ``V`` (T x T x d_v), the masked half included."""
-    _check_sizes(length, d_k, d_v)
-    return 2 * length * length * (d_k + d_v)
-
-
-def recurrent_flops(length: int, d_k: int, d_v: int) -> int:
-    """Per position: ``k_n^T v_n`` added to the state (d_k x d_v) and ``q_n S_n`` (d_k x d_v)."""
-    _check_sizes(length, d_k, d_v)
-    return 2 * length * 2 * d_k * d_v
-
-
-def chunkwise_flops_exact(length: int, d_k: int, d_v: int, chunk_size: int) -> int:
-    """:func:`retnet_mini.bench.chunkwise_flops` summed over the actual chunks: the whole ones, and a short
-    last one of length ``L`` whose inner product is ``L x L`` (bench's formula assumes ``C`` divides ``T``)."""
-    _check_sizes(length, d_k, d_v)
-    return sum(chunkwise_flops(1, 1, L, d_k, d_v, L) for L in chunk_lengths(length, chunk_size))
-
-
-def memory_numbers(form: str, length: int, d_k: int, d_v: int, chunk_size: int = 0) -> int:
-    """Numbers held at once (besides q, k, v, o) by each form, for one head of one sequence.
-
-    - ``"parallel"``: the ``T x T`` scores and ``D``;
-    - ``"recurrent"``: the ``d_k x d_v`` state;
-    - ``"chunkwise"``: one chunk at a time, its ``C x C`` scores and ``D``, and the state;
-    - ``"chunkwise, batched"``: as ``retention.chunkwise_retention`` runs the whole chunks (all at once,
-      for speed): every chunk's scores (``N C^2``), one ``D`` block, each chunk's contribution to the state
-      and the state each chunk receives (``2 N d_k d_v``), and the state. A short last chunk, run afterwards,
-      holds less than that.
-
-    ``form`` is one of :data:`FORMS`; ``length`` an int >= 0, ``d_k`` and ``d_v`` ints >= 1; ``chunk_size``
-    an int >= 1 for the chunkwise forms (ignored, and 0 by default, for the others).
-    """
-    check_choice("form", form, FORMS)
-    _check_sizes(length, d_k, d_v)
-    check_int("chunk_size", chunk_size, 1 if form.startswith("chunkwise") else 0)
-    C = min(chunk_size, length) if chunk_size else 0
-    if form == "parallel":
-        return 2 * length * length
-    if form == "recurrent":
-        return d_k * d_v
-    if form == "chunkwise":
-        return 2 * C * C + d_k * d_v
-    if form == "chunkwise, batched":
-        n_full = length // C if C else 0                  # length 0: no chunk at all
-        if n_full == 0:
-            return 2 * C * C + d_k * d_v
-        return n_full * C * C + C * C + 2 * n_full * d_k * d_v + d_k * d_v
-    raise AssertionError(form)                            # unreachable: check_choice knows FORMS
-
-
-def form_costs(length: int, chunk_size: int, d_k: int, d_v: int) -> Dict[str, Dict[str, int]]:
-    """``{form: {"flops", "memory", "steps"}}`` for one head of one sequence; ``steps`` counts the
-    sequential steps (parallel 1, recurrent T, chunkwise one per chunk). Arguments as for
-    :func:`memory_numbers` (``chunk_size`` >= 1)."""
-    _check_sizes(length, d_k, d_v)
-    check_int("chunk_size", chunk_size, 1)
-    n_chunks = len(chunk_lengths(length, chunk_size))
-    chunk = {"flops": chunkwise_flops_exact(length, d_k, d_v, chunk_size), "steps": n_chunks}
-    return {
-        "parallel": {"flops": parallel_flops(length, d_k, d_v), "steps": 1,
-                     "memory": memory_numbers("parallel", length, d_k, d_v)},
-        "recurrent": {"flops": recurrent_flops(length, d_k, d_v), "steps": length,
-                      "memory": memory_numbers("recurrent", length, d_k, d_v)},
-        "chunkwise": dict(chunk, memory=memory_numbers("chunkwise", length, d_k, d_v, chunk_size)),
-        "chunkwise, batched": dict(chunk, memory=memory_numbers("chunkwise, batched", length, d_k, d_v,
-                                                                chunk_size)),
-    }
-
-
 def chunk_table(length: int, chunk_sizes: Sequence[int], d_k: int = 256, d_v: int = 512) -> str:
-    """The cost model for each chunk size at length ``T``, parallel and recurrent as reference rows.
-
-    FLOPs of the matrix products, memory in numbers held (:func:`memory_numbers`: "memory" for a loop over
-    chunks, "batched memory" for ``chunkwise_retention`` as written), sequential steps. ``chunk_sizes`` is
-    a non-empty list of ints >= 1."""
+    """The cost model (:func:`retnet_mini.costs.form_costs`) for each chunk size at length ``T``, one head,
+    with parallel and recurrent as reference rows: FLOPs, numbers held (``retnet_mini.costs.memory_numbers``:
+    "memory" for a loop over chunks, "batched memory" for ``chunkwise_retention`` as written), sequential
+    steps. ``chunk_sizes`` is a non-empty list of ints >= 1."""
     _check_sizes(length, d_k, d_v)
     chunk_sizes = _check_chunk_sizes(chunk_sizes)
     rows = []
@@ -353,7 +264,7 @@ def draw_chunks(length: int, chunk_size: int, d_k: int = 256, d_v: int = 512) ->
     sizes = sorted({2 ** p for p in range(int(math.log2(length)) + 1)} | {min(chunk_size, length)})
     costs = {C: form_costs(length, C, d_k, d_v) for C in sizes}
     here, C_here = form_costs(length, chunk_size, d_k, d_v), min(chunk_size, length)
-    panels = [("flops", "FLOPs (matrix products)", ["chunkwise"]),
+    panels = [("flops", "FLOPs", ["chunkwise"]),
               ("memory", "memory (numbers held)", ["chunkwise", "chunkwise, batched"])]
     for axis, (key, title, forms) in zip((fig.add_subplot(grid[1]), fig.add_subplot(grid[2])), panels):
         axis.axhline(here["parallel"][key], color="tab:green", ls="--", label="parallel")

@@ -1,6 +1,6 @@
 """Shared by the tests/test_exercises_*.py files: a chapter's solution cells, and a checker's rejection.
 
-Naming rule (notes/CHAPTERS.md): a stub defines the learner's function (``my_memory``); its solution cell
+Naming rule (README, "Adding a chapter"): a stub defines the learner's function (``my_memory``); its solution cell
 defines the worked answer under its own name, :func:`solution_name` (``solution_memory``), and calls the
 checker on that, so running every cell never replaces the learner's function.
 """
