@@ -323,7 +323,7 @@ def test_no_later_cell_rebinds_a_name_a_stub_binds(path):
                 if name in later:
                     assert isinstance(how, tuple) and later[name] == how, (
                         f"{path.name}: cell {j} rebinds {name!r}, which the stub in cell {i} defines "
-                        f"(solutions define names of their own: README, "Adding a chapter")")
+                        f"(solutions define names of their own: README, 'Adding a chapter')")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
