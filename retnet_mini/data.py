@@ -31,7 +31,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -205,19 +205,36 @@ def _python_docs() -> str:
     return "\n".join(topics[k] for k in sorted(topics))
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Write next to the target, fsync, rename: an interrupted write never leaves a half file in the cache.
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None] | bytes) -> None:
+    """Write a file so that readers see the old one or the new one, never a torn file.
+
+    ``write(f)`` (or the bytes given) goes to a temporary file next to ``path`` (same filesystem, so the
+    rename is atomic), which is fsync'ed and then moved over ``path`` with ``os.replace``; a failure midway
+    removes the temporary file and leaves ``path`` as it was. The corpus cache and the training checkpoints
+    are written this way.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(write, (bytes, bytearray)):
+                f.write(write)
+            else:
+                write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # Persist the rename itself (POSIX); not possible on every platform, and not needed for atomicity.
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _sidecar(path: Path) -> Path:
@@ -245,7 +262,7 @@ def _read_cached_shakespeare(path: Path) -> tuple[str | None, str | None]:
         return None, f"it has {len(text):,} characters, tiny-shakespeare has {_SHAKESPEARE_CHARS:,}"
     if recorded is None:
         with contextlib.suppress(OSError):  # a read-only cache still reads; it just stays unrecorded
-            _write_atomically(side, f"{digest}  {path.name}\n".encode())
+            write_atomically(side, f"{digest}  {path.name}\n".encode())
     return text, None
 
 
@@ -286,8 +303,8 @@ def _tiny_shakespeare(download: bool, cache_dir: str | os.PathLike | None, timeo
             "not caching it (truncated download?)"
         )
     data = text.encode("utf-8")
-    _write_atomically(path, data)  # the text first: if we die before the record, the next read records it
-    _write_atomically(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    write_atomically(path, data)  # the text first: if we die before the record, the next read records it
+    write_atomically(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     return text
 
 

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import get_batch, sequential_batches
+from .data import get_batch, sequential_batches, write_atomically
 
 __all__ = [
     "TrainConfig",
@@ -566,23 +566,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)  # we are the writer of this path: any temporary of it is dead
     payload = {**payload, "checksum": _checksum(payload)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Persist the rename itself (POSIX); not possible on every platform, and not needed for atomicity.
-    with contextlib.suppress(OSError, AttributeError):
-        dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(path, lambda f: torch.save(payload, f))
 
 
 def _first_sentence(exc: BaseException) -> str:
