@@ -11,7 +11,7 @@ Layers of the package, bottom to top (imports go one way):
 - :mod:`retnet_mini.data`, :mod:`retnet_mini.training`: tokenizer, corpus, training loop;
 - :mod:`retnet_mini.tasks`: synthetic probes (associative recall, copying);
 - :mod:`retnet_mini.bench`: benchmarks (`python -m retnet_mini.bench NAME`);
-- :mod:`retnet_mini.memory`, :mod:`retnet_mini.widgets`, :mod:`retnet_mini.exercises`: what the book uses.
+- :mod:`retnet_mini.costs`, :mod:`retnet_mini.widgets`, :mod:`retnet_mini.exercises`: what the book uses.
 """
 from .decay import decay_matrix, experiment_log_decay, paper_log_decay
 from .retention import (

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from . import costs
 from ._checks import ArgumentTypeError, check_bool, check_callable, check_int, check_str
 from .layers import MultiScaleRetention
 from .model import RetNetConfig, RetNetLM, RetNetState
@@ -270,6 +271,27 @@ def _mixing_fns(T: int, device: torch.device, chunk_sizes) -> Dict[str, Callable
     return fns
 
 
+def mixing_counts(form: str, T: int) -> Optional[Dict[str, int]]:
+    """What :mod:`retnet_mini.costs` counts for a retention form of the mixing benchmark at length ``T``, all
+    heads of the batch: ``{"flops", "held_bytes"}`` (the numbers held besides q, k, v and the output, in
+    float32; ``"chunkwise C=<c>"`` is ``chunkwise_retention`` as written, all whole chunks at once). None for
+    a form that is not retention (SDPA attention)."""
+    check_str("form", form)
+    check_int("T", T, 1)
+    s = MIXING_SHAPE
+    if form.startswith("chunkwise C="):
+        c = int(form[len("chunkwise C="):])
+        flops, held = costs.chunkwise_flops(T, s["d_k"], s["d_v"], c), \
+            costs.memory_numbers("chunkwise, batched", T, s["d_k"], s["d_v"], c)
+    elif form in ("parallel", "recurrent"):
+        flops = costs.form_costs(T, 1, s["d_k"], s["d_v"])[form]["flops"]
+        held = costs.memory_numbers(form, T, s["d_k"], s["d_v"])
+    else:
+        return None
+    n = s["B"] * s["H"]
+    return {"flops": n * flops, "held_bytes": n * costs.numbers_to_bytes(held, "float32")}
+
+
 def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
     """Peak memory that ``call`` allocates beyond what ``setup`` left allocated (both Python source run
     with ``torch``, ``F`` and this module's names in scope).
@@ -331,24 +353,23 @@ def bench_mixing(device: torch.device, quick: bool = False) -> dict:
         if r["form"] in memory_forms:
             setup = f"q, k, v, ld = mixing_inputs({r['T']}, device)"
             r["peak_mib"] = peak_call_bytes(setup, f"with torch.no_grad(): {memory_forms[r['form']]}", device) / 2**20
-    rows = [[r["T"], r["form"], r["ms"], f"{r['peak_mib']:.1f}" if "peak_mib" in r else "-"] for r in results["rows"]]
-    print(_table("", ["T", "form", "ms", "peak MiB"], rows))
+    for r in results["rows"]:      # the cost model next to the measurements: achieved rate, memory counted
+        counted = mixing_counts(r["form"], r["T"])
+        if counted is not None:
+            r["gflops"] = counted["flops"] / (r["ms"] / 1e3) / 1e9
+            r["counted_mib"] = counted["held_bytes"] / 2**20
+    rows = [[r["T"], r["form"], r["ms"], f"{r['gflops']:.1f}" if "gflops" in r else "-",
+             f"{r['peak_mib']:.1f}" if "peak_mib" in r else "-",
+             f"{r['counted_mib']:.1f}" if "counted_mib" in r else "-"] for r in results["rows"]]
+    print(_table("", ["T", "form", "ms", "GFLOP/s", "peak MiB", "counted MiB"], rows))
+    print("  GFLOP/s and counted MiB (held besides q, k, v and the output) from retnet_mini.costs")
     return results
 
 
 # ---------------------------------------------------------------------------------------------
-# flops: achieved GFLOP/s of chunkwise retention against torch.mm.
+# flops: achieved GFLOP/s of chunkwise retention against torch.mm. The FLOPs are retnet_mini.costs's count
+# (per head and sequence, times B * H), the one the chapters print; torch.mm's are 2 n^3, the same convention.
 # ---------------------------------------------------------------------------------------------
-def chunkwise_flops(B: int, H: int, T: int, d_k: int, d_v: int, C: int) -> int:
-    """Useful FLOPs of the chunkwise form (multiply-adds x 2): per chunk, ``q k^T`` (C x C x d_k) and its
-    product with ``v`` (C x C x d_v); per position, reading the state (d_k x d_v) and adding to it
-    (d_k x d_v). Elementwise decay factors are not counted. ``T`` is an int >= 0, the others ints >= 1."""
-    for name, value in (("B", B), ("H", H), ("d_k", d_k), ("d_v", d_v), ("C", C)):
-        check_int(name, value, 1)
-    check_int("T", T, 0)
-    return 2 * B * H * T * (C * d_k + C * d_v + 2 * d_k * d_v)
-
-
 @torch.no_grad()
 def bench_flops(device: torch.device, quick: bool = False) -> dict:
     device = _check_run(device, quick)
@@ -367,7 +388,7 @@ def bench_flops(device: torch.device, quick: bool = False) -> dict:
     mm_gflops = 2 * n ** 3 / med["mm"] / 1e9
     rows, results = [], {"mm_gflops": mm_gflops, "T": T, "rows": []}
     for c in chunk_sizes:
-        gf = chunkwise_flops(s["B"], s["H"], T, s["d_k"], s["d_v"], c) / med[f"C={c}"] / 1e9
+        gf = s["B"] * s["H"] * costs.chunkwise_flops(T, s["d_k"], s["d_v"], c) / med[f"C={c}"] / 1e9
         results["rows"].append(dict(chunk=c, ms=med[f"C={c}"] * 1e3, gflops=gf, fraction_of_mm=gf / mm_gflops))
         rows.append([c, med[f"C={c}"] * 1e3, gf, gf / mm_gflops])
     print(f"flops on {device}: chunkwise_retention at T={T}, B, H, d_k, d_v = {tuple(s.values())}; "

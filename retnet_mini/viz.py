@@ -18,7 +18,7 @@ beyond :data:`MAX_DRAW_HEADS` and :data:`MAX_DRAW_LENGTH`, before they draw.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -1,4 +1,4 @@
-"""Hard edges of the book's helpers (viz, widgets, memory, claims, bench): a bad argument is refused at once,
+"""Hard edges of the book's helpers (viz, widgets, costs, claims, bench): a bad argument is refused at once,
 with a ValueError or TypeError whose message names the argument, before any figure is drawn, frame rendered,
 model built or benchmark run.
 
@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from retnet_mini import bench, claims, decay, memory, viz  # noqa: E402
+from retnet_mini import bench, claims, costs, decay, viz  # noqa: E402
 from retnet_mini import widgets as rw  # noqa: E402
 from retnet_mini._checks import (  # noqa: E402
     ArgumentTypeError, check_bool, check_choice, check_int, check_real, check_sequence,
@@ -153,22 +153,6 @@ VIZ_CASES = [
     *cases(viz.decay_explorer, dict(), "dpi", NOT_INT, [0, 1000]),
     *cases(viz.chunk_regions, dict(length=8, chunk_size=4), "length", NOT_INT, [-1]),
     *cases(viz.chunk_regions, dict(length=8, chunk_size=4), "chunk_size", NOT_INT, [0, -4]),
-    *cases(viz.chunk_lengths, dict(length=8, chunk_size=4), "length", NOT_INT, [-1]),
-    *cases(viz.chunk_lengths, dict(length=8, chunk_size=4), "chunk_size", NOT_INT, [0]),
-    *[c for fn in (viz.parallel_flops, viz.recurrent_flops)
-      for arg, low in (("length", -1), ("d_k", 0), ("d_v", 0))
-      for c in cases(fn, dict(length=8, d_k=2, d_v=3), arg, NOT_INT, [low])],
-    *[c for arg, low in (("length", -1), ("d_k", 0), ("d_v", 0), ("chunk_size", 0))
-      for c in cases(viz.chunkwise_flops_exact, dict(length=8, d_k=2, d_v=3, chunk_size=4), arg, NOT_INT, [low])],
-    *cases(viz.memory_numbers, dict(form="parallel", length=8, d_k=2, d_v=3), "form", [None, ["parallel"]],
-           ["attention", "Parallel", ""]),
-    *cases(viz.memory_numbers, dict(form="parallel", length=8, d_k=2, d_v=3), "length", NOT_INT, [-1]),
-    *cases(viz.memory_numbers, dict(form="chunkwise", length=8, d_k=2, d_v=3, chunk_size=4), "chunk_size",
-           NOT_INT, [0, -1]),
-    *cases(viz.memory_numbers, dict(form="chunkwise, batched", length=8, d_k=2, d_v=3), "chunk_size", (), [0]),
-    *cases(viz.memory_numbers, dict(form="recurrent", length=8, d_k=2, d_v=3), "chunk_size", (), [-1]),
-    *[c for arg, low in (("length", -1), ("chunk_size", 0), ("d_k", 0), ("d_v", 0))
-      for c in cases(viz.form_costs, dict(length=8, chunk_size=4, d_k=2, d_v=3), arg, NOT_INT, [low])],
     *cases(viz.chunk_table, dict(length=8, chunk_sizes=[4]), "chunk_sizes", NOT_LIST + [[4, "8"], [4, 2.0]],
            [[], [4, 0]]),
     *cases(viz.chunk_table, dict(length=8, chunk_sizes=[4]), "length", NOT_INT, [-1]),
@@ -193,7 +177,7 @@ def test_viz_schedule_message_lists_the_schedules():
         viz.draw_decay(4, "paper")
     with pytest.raises(ValueError, match=r"form must be one of \['parallel', 'recurrent', 'chunkwise', "
                                          r"'chunkwise, batched'\]"):
-        viz.memory_numbers("attention", 8, 2, 3)
+        costs.memory_numbers("attention", 8, 2, 3)
 
 
 @settings(max_examples=30, deadline=None)
@@ -233,8 +217,8 @@ def test_chunk_table_refuses_any_bad_chunk_size(sizes, bad, where):
 
 def test_memory_numbers_of_an_empty_sequence():
     """Length 0 used to divide by zero in the batched chunkwise count; no chunk holds nothing but the state."""
-    assert viz.memory_numbers("chunkwise, batched", 0, 2, 3, 4) == 6
-    assert viz.form_costs(0, 4, 2, 3)["chunkwise"] == {"flops": 0, "steps": 0, "memory": 6}
+    assert costs.memory_numbers("chunkwise, batched", 0, 2, 3, 4) == 6
+    assert costs.form_costs(0, 4, 2, 3)["chunkwise"] == {"flops": 0, "steps": 0, "memory": 6}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,55 +314,84 @@ def test_explorer_checks_pass_through_to_drawing():
 
 
 # ---------------------------------------------------------------------------------------------
-# memory
+# costs
 # ---------------------------------------------------------------------------------------------
-MEMORY_INT_ARGS = [
-    (memory.retnet_state_numbers, dict(n_layers=2, n_heads=2, key_head_dim=4, value_head_dim=8)),
-    (memory.kv_cache_numbers, dict(n_layers=2, d_model=8, context_len=16)),
-    (memory.crossover_context_len, dict(n_layers=2, d_model=8, n_heads=2, key_head_dim=4, value_head_dim=8)),
+COSTS_INT_ARGS = [
+    (costs.retnet_state_numbers, dict(n_layers=2, n_heads=2, key_head_dim=4, value_head_dim=8)),
+    (costs.kv_cache_numbers, dict(n_layers=2, d_model=8, context_len=16)),
+    (costs.crossover_context_len, dict(n_layers=2, d_model=8, n_heads=2, key_head_dim=4, value_head_dim=8)),
 ]
-MEMORY_NUMBER_ARGS = [
-    (memory.decoding_memory_bytes, dict(n_params=10, cache_bytes_per_sequence=100, batch_size=2),
+COSTS_NUMBER_ARGS = [
+    (costs.decoding_memory_bytes, dict(n_params=10, cache_bytes_per_sequence=100, batch_size=2),
      ["n_params", "cache_bytes_per_sequence"]),
-    (memory.memory_ratio, dict(weight_bytes=10, cache_bytes=8, state_bytes=1, batch_size=2),
+    (costs.memory_ratio, dict(weight_bytes=10, cache_bytes=8, state_bytes=1, batch_size=2),
      ["weight_bytes", "cache_bytes", "state_bytes"]),
-    (memory.batch_for_memory_ratio, dict(ratio=2, weight_bytes=10, cache_bytes=8, state_bytes=1),
+    (costs.batch_for_memory_ratio, dict(ratio=2, weight_bytes=10, cache_bytes=8, state_bytes=1),
      ["ratio", "weight_bytes", "cache_bytes", "state_bytes"]),
-    (memory.max_batch_size, dict(memory_bytes=100, weight_bytes=10, per_sequence_bytes=5),
+    (costs.max_batch_size, dict(memory_bytes=100, weight_bytes=10, per_sequence_bytes=5),
      ["memory_bytes", "weight_bytes", "per_sequence_bytes"]),
 ]
-MEMORY_CASES = [
-    *[c for fn, good in MEMORY_INT_ARGS for arg in good for c in cases(fn, good, arg, NOT_INT, [0, -1])],
-    *[c for fn, good, args in MEMORY_NUMBER_ARGS for arg in args
+COSTS_CASES = [
+    *[c for fn, good in COSTS_INT_ARGS for arg in good for c in cases(fn, good, arg, NOT_INT, [0, -1])],
+    *[c for fn, good, args in COSTS_NUMBER_ARGS for arg in args
       for c in cases(fn, good, arg, NOT_REAL, [-1, -0.5, *NON_FINITE])],
-    *cases(memory.decoding_memory_bytes, dict(n_params=10, cache_bytes_per_sequence=1, batch_size=2), "batch_size",
+    *cases(costs.decoding_memory_bytes, dict(n_params=10, cache_bytes_per_sequence=1, batch_size=2), "batch_size",
            NOT_INT, [0]),
-    *cases(memory.memory_ratio, dict(weight_bytes=10, cache_bytes=8, state_bytes=1, batch_size=2), "batch_size",
+    *cases(costs.memory_ratio, dict(weight_bytes=10, cache_bytes=8, state_bytes=1, batch_size=2), "batch_size",
            NOT_INT, [0]),
-    *cases(memory.numbers_to_bytes, dict(n_numbers=4), "n_numbers", NOT_INT, [-1]),
-    *cases(memory.numbers_to_bytes, dict(n_numbers=4), "dtype", (), ["float12", "", 2, None, True]),
-    *cases(memory.bytes_per_number, dict(), "dtype", (), ["fp12", torch.int32, 4]),
-    *cases(memory.format_bytes, dict(n_bytes=1024), "n_bytes", NOT_REAL, [-1, *NON_FINITE]),
-    *cases(memory.format_bytes, dict(n_bytes=1024), "digits", NOT_INT, [-1, 5]),
+    *cases(costs.numbers_to_bytes, dict(n_numbers=4), "n_numbers", NOT_INT, [-1]),
+    *cases(costs.numbers_to_bytes, dict(n_numbers=4), "dtype", (), ["float12", "", 2, None, True]),
+    *cases(costs.bytes_per_number, dict(), "dtype", (), ["fp12", torch.int32, 4]),
+    *cases(costs.format_bytes, dict(n_bytes=1024), "n_bytes", NOT_REAL, [-1, *NON_FINITE]),
+    *cases(costs.format_bytes, dict(n_bytes=1024), "digits", NOT_INT, [-1, 5]),
     *[c for arg in ("n_layers", "d_model", "n_heads", "value_factor")
-      for c in cases(memory.ModelShape, dict(name="x", n_params=1e6, n_layers=2, d_model=64, n_heads=2), arg,
+      for c in cases(costs.ModelShape, dict(name="x", n_params=1e6, n_layers=2, d_model=64, n_heads=2), arg,
                      NOT_INT, [0, -2])],
-    *cases(memory.ModelShape, dict(name="x", n_params=1e6, n_layers=2, d_model=64, n_heads=2), "n_params",
+    *cases(costs.ModelShape, dict(name="x", n_params=1e6, n_layers=2, d_model=64, n_heads=2), "n_params",
            NOT_REAL, [-1.0, *NON_FINITE]),
-    *cases(memory.ModelShape, dict(name="x", n_params=1e6, n_layers=2, d_model=64, n_heads=2), "name",
+    *cases(costs.ModelShape, dict(name="x", n_params=1e6, n_layers=2, d_model=64, n_heads=2), "name",
            [None, 6.7], [""]),
-    *cases(memory.PAPER_SHAPES["1.3B"].kv_cache_numbers, dict(context_len=8), "context_len", NOT_INT, [0]),
+    *cases(costs.PAPER_SHAPES["1.3B"].kv_cache_numbers, dict(context_len=8), "context_len", NOT_INT, [0]),
+    *cases(costs.chunk_lengths, dict(length=8, chunk_size=4), "length", NOT_INT, [-1]),
+    *cases(costs.chunk_lengths, dict(length=8, chunk_size=4), "chunk_size", NOT_INT, [0]),
+    *[c for fn in (costs.parallel_flops, costs.recurrent_flops)
+      for arg, low in (("length", -1), ("d_k", 0), ("d_v", 0))
+      for c in cases(fn, dict(length=8, d_k=2, d_v=3), arg, NOT_INT, [low])],
+    *[c for arg, low in (("length", -1), ("d_k", 0), ("d_v", 0), ("chunk_size", 0))
+      for c in cases(costs.chunkwise_flops, dict(length=8, d_k=2, d_v=3, chunk_size=4), arg, NOT_INT, [low])],
+    *cases(costs.memory_numbers, dict(form="parallel", length=8, d_k=2, d_v=3), "form", [None, ["parallel"]],
+           ["attention", "Parallel", ""]),
+    *cases(costs.memory_numbers, dict(form="parallel", length=8, d_k=2, d_v=3), "length", NOT_INT, [-1]),
+    *cases(costs.memory_numbers, dict(form="chunkwise", length=8, d_k=2, d_v=3, chunk_size=4), "chunk_size",
+           NOT_INT, [0, -1]),
+    *cases(costs.memory_numbers, dict(form="chunkwise, batched", length=8, d_k=2, d_v=3), "chunk_size", (), [0]),
+    *cases(costs.memory_numbers, dict(form="recurrent", length=8, d_k=2, d_v=3), "chunk_size", (), [-1]),
+    *[c for arg, low in (("length", -1), ("chunk_size", 0), ("d_k", 0), ("d_v", 0))
+      for c in cases(costs.form_costs, dict(length=8, chunk_size=4, d_k=2, d_v=3), arg, NOT_INT, [low])],
+    *[c for arg, low in (("context_len", 0), ("d_model", 0), ("n_heads", 0))
+      for c in cases(costs.attention_step_flops, dict(context_len=8, d_model=4, n_heads=2), arg, NOT_INT, [low])],
+    *[c for arg, low in (("length", -1), ("d_model", 0), ("n_heads", 0))
+      for c in cases(costs.attention_flops, dict(length=8, d_model=4, n_heads=2), arg, NOT_INT, [low])],
+    *[c for arg in ("weight_bytes", "read_per_sequence", "written_per_sequence")
+      for c in cases(costs.decode_step_bytes, dict(weight_bytes=10, read_per_sequence=2, written_per_sequence=1,
+                                                   batch_size=2), arg, NOT_REAL, [-1, *NON_FINITE])],
+    *cases(costs.decode_step_bytes, dict(weight_bytes=10, read_per_sequence=2, written_per_sequence=1,
+                                         batch_size=2), "batch_size", NOT_INT, [0]),
+    *cases(costs.PAPER_SHAPES["1.3B"].transformer_step_flops, dict(context_len=8), "context_len", NOT_INT, [0]),
+    *cases(costs.PAPER_SHAPES["1.3B"].transformer_step_bytes, dict(context_len=8), "context_len", NOT_INT, [0]),
+    *cases(costs.PAPER_SHAPES["1.3B"].retnet_step_bytes, dict(), "batch_size", NOT_INT, [0]),
+    *cases(costs.PAPER_SHAPES["1.3B"].retnet_step_bytes, dict(), "dtype", (), ["fp12"]),
 ]
 
 
-@pytest.mark.parametrize("fn, good, arg, bad, error", MEMORY_CASES)
-def test_memory_refuses_a_bad_argument_by_name(fn, good, arg, bad, error):
+@pytest.mark.parametrize("fn, good, arg, bad, error", COSTS_CASES)
+def test_costs_refuses_a_bad_argument_by_name(fn, good, arg, bad, error):
     error_seen = refused(fn, {**good, arg: bad}, arg, error)
     assert isinstance(error_seen, ValueError)      # as these functions always raised: old callers still catch it
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=st.sampled_from([(fn, good, arg) for fn, good, args in MEMORY_NUMBER_ARGS for arg in args]),
+@given(case=st.sampled_from([(fn, good, arg) for fn, good, args in COSTS_NUMBER_ARGS for arg in args]),
        bad=st.one_of(st.floats(max_value=-1e-300), st.just(math.nan), st.just(math.inf), st.text(max_size=3),
                      st.booleans(), st.none()))
 def test_memory_sizes_must_be_finite_and_not_negative(case, bad):
@@ -387,7 +400,7 @@ def test_memory_sizes_must_be_finite_and_not_negative(case, bad):
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=st.sampled_from([(fn, good, arg) for fn, good in MEMORY_INT_ARGS for arg in good]), bad=bad_ints(1))
+@given(case=st.sampled_from([(fn, good, arg) for fn, good in COSTS_INT_ARGS for arg in good]), bad=bad_ints(1))
 def test_memory_counts_must_be_positive_ints(case, bad):
     fn, good, arg = case
     refused(fn, {**good, arg: bad}, arg, ValueError)
@@ -449,9 +462,8 @@ BENCH_CASES = [
            NOT_INT, [-1]),
     *cases(bench.interleaved_medians, dict(fns={"a": lambda: None}, repeats=1, device=CPU), "device",
            BAD_DEVICE_TYPE, BAD_DEVICE_VALUE),
-    *[c for arg in ("B", "H", "d_k", "d_v", "C")
-      for c in cases(bench.chunkwise_flops, dict(B=1, H=1, T=8, d_k=2, d_v=3, C=4), arg, NOT_INT, [0])],
-    *cases(bench.chunkwise_flops, dict(B=1, H=1, T=8, d_k=2, d_v=3, C=4), "T", NOT_INT, [-1]),
+    *cases(bench.mixing_counts, dict(form="parallel", T=8), "form", [None, 3]),
+    *cases(bench.mixing_counts, dict(form="parallel", T=8), "T", NOT_INT, [0]),
     *cases(bench.mixing_inputs, dict(T=8, device=CPU), "T", NOT_INT, [0, -8]),
     *cases(bench.mixing_inputs, dict(T=8, device=CPU), "device", BAD_DEVICE_TYPE, BAD_DEVICE_VALUE[:2]),
     *cases(bench.peak_call_bytes, dict(setup="pass", call="pass", device=CPU), "setup", [None, 3]),

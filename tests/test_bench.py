@@ -1,20 +1,27 @@
 """The benchmark helpers measure what they say (the benchmarks themselves run from the command line)."""
 import torch
 
+from retnet_mini import costs
 from retnet_mini.bench import (
     BENCHMARKS,
-    chunkwise_flops,
+    MIXING_SHAPE,
     interleaved_medians,
     main,
+    mixing_counts,
     mixing_inputs,
     peak_call_bytes,
 )
 
 
-def test_chunkwise_flops_counts_the_four_products():
-    B, H, T, dk, dv, C = 1, 2, 8, 3, 5, 4
-    # per position: a C-wide row of q k^T (C*dk), its product with v (C*dv), q S (dk*dv), k^T v (dk*dv)
-    assert chunkwise_flops(B, H, T, dk, dv, C) == 2 * B * H * T * (C * dk + C * dv + 2 * dk * dv)
+def test_mixing_counts_are_the_cost_models():
+    B, H, dk, dv = (MIXING_SHAPE[k] for k in ("B", "H", "d_k", "d_v"))
+    c = mixing_counts("chunkwise C=64", 1000)
+    assert c["flops"] == B * H * costs.chunkwise_flops(1000, dk, dv, 64)
+    assert c["held_bytes"] == 4 * B * H * costs.memory_numbers("chunkwise, batched", 1000, dk, dv, 64)
+    assert mixing_counts("parallel", 100) == {"flops": B * H * costs.parallel_flops(100, dk, dv),
+                                              "held_bytes": 4 * B * H * 2 * 100 * 100}
+    assert mixing_counts("recurrent", 100)["flops"] == B * H * costs.recurrent_flops(100, dk, dv)
+    assert mixing_counts("sdpa attention", 100) is None
 
 
 def test_interleaved_medians_calls_each_in_turn():

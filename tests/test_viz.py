@@ -1,4 +1,5 @@
-"""Unit tests of retnet_mini.viz: the numbers behind the decay and chunk-size views, and the explorers."""
+"""Unit tests of retnet_mini.viz: the numbers behind the decay and chunk-size views (the chunk-size costs are
+retnet_mini.costs's, tested in test_costs.py), and the explorers."""
 import math
 
 import matplotlib
@@ -11,8 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from retnet_mini import decay, viz  # noqa: E402
-from retnet_mini.bench import chunkwise_flops  # noqa: E402
+from retnet_mini import costs, decay, viz  # noqa: E402
 from retnet_mini.viz import INNER, STATE, ZERO  # noqa: E402
 
 PAPER, EXPERIMENTS = "paper (eq. 8)", "experiments"
@@ -121,57 +121,27 @@ def test_chunk_regions_non_divisor_by_hand():
     # counts: inner = sum of L(L+1)/2 over the chunks, state = the rest of the lower triangle
     T, C = 50, 7
     regions = viz.chunk_regions(T, C)
-    inner = sum(L * (L + 1) // 2 for L in viz.chunk_lengths(T, C))
+    inner = sum(L * (L + 1) // 2 for L in costs.chunk_lengths(T, C))
     assert (regions == INNER).sum() == inner
     assert (regions == STATE).sum() == T * (T + 1) // 2 - inner
     assert (regions == ZERO).sum() == T * (T - 1) // 2
-    assert viz.chunk_lengths(50, 7) == [7] * 7 + [1]
-    assert viz.chunk_lengths(5, 8) == [5]
-    assert viz.chunk_lengths(8, 4) == [4, 4]
     with pytest.raises(ValueError):
         viz.chunk_regions(4, 0)
 
 
-# ------------------------------------------------------------------------------------------ cost model
-def test_costs_by_hand():
-    T, dk, dv = 1024, 256, 512
-    assert viz.parallel_flops(T, dk, dv) == 2 * 1024 * 1024 * 768 == 1_610_612_736
-    assert viz.recurrent_flops(T, dk, dv) == 4 * 1024 * 131_072 == 536_870_912
-    # C divides T: bench's formula, 2 T (C (d_k + d_v) + 2 d_k d_v)
-    assert viz.chunkwise_flops_exact(T, dk, dv, 64) == chunkwise_flops(1, 1, T, dk, dv, 64) \
-        == 2 * 1024 * (64 * 768 + 2 * 131_072)
-    # C = 96: ten chunks of 96 and one of 64; inner products 10 * 96^2 + 64^2 (x 2 (d_k + d_v))
-    want = 2 * (10 * 96 ** 2 + 64 ** 2) * 768 + 4 * 1024 * 131_072
-    assert viz.chunkwise_flops_exact(T, dk, dv, 96) == want == 684_720_128
-    # one chunk longer than T: the T x T inner product, and the state read and updated once per position
-    assert viz.chunkwise_flops_exact(100, 4, 8, 500) == 2 * 100 * 100 * 12 + 4 * 100 * 32
-    # C = 1: the recurrent form plus a 1 x 1 inner product per position
-    assert viz.chunkwise_flops_exact(T, dk, dv, 1) == viz.recurrent_flops(T, dk, dv) + 2 * T * (dk + dv)
-
-
-def test_memory_by_hand():
-    T, dk, dv = 1024, 256, 512
-    assert viz.memory_numbers("parallel", T, dk, dv) == 2 * T * T
-    assert viz.memory_numbers("recurrent", T, dk, dv) == 131_072
-    assert viz.memory_numbers("chunkwise", T, dk, dv, 96) == 2 * 96 ** 2 + 131_072
-    assert viz.memory_numbers("chunkwise", T, dk, dv, 4096) == 2 * T * T + 131_072      # C clamped to T
-    # batched: 10 whole chunks of 96: 10 * 96^2 scores, one 96 x 96 D, 2 * 10 states, and the state
-    assert viz.memory_numbers("chunkwise, batched", T, dk, dv, 96) == 10 * 96 ** 2 + 96 ** 2 + 21 * 131_072
-    with pytest.raises(ValueError):
-        viz.memory_numbers("attention", T, dk, dv)
-
-
-def test_form_costs_and_table():
-    c = viz.form_costs(10, 4, 2, 3)
-    assert c["chunkwise"]["steps"] == 3 and c["recurrent"]["steps"] == 10 and c["parallel"]["steps"] == 1
-    assert c["chunkwise"]["flops"] == 2 * (4 * 4 + 4 * 4 + 2 * 2) * 5 + 4 * 10 * 6
+# ------------------------------------------------------------------------------------------ cost table
+def test_chunk_table_prints_the_cost_model():
     text = viz.chunk_table(1024, [96, 1024])
     lines = text.splitlines()
     assert lines[0] == "one head: T = 1024, d_k = 256, d_v = 512"
     assert lines[1].split() == ["form", "FLOPs", "memory", "batched", "memory", "steps"]
-    assert lines[3].split() == ["chunkwise", "C=96", "6.847e+08", "1.495e+05", "2.854e+06", "11"]
-    assert lines[-2].split() == ["parallel", "1.611e+09", "2.097e+06", "1"]
-    assert lines[-1].split() == ["recurrent", "5.369e+08", "1.311e+05", "1,024"]
+    c96, ref = costs.form_costs(1024, 96, 256, 512), costs.form_costs(1024, 1, 256, 512)
+    assert lines[3].split() == ["chunkwise", "C=96", f"{c96['chunkwise']['flops']:.3e}",
+                                f"{c96['chunkwise']['memory']:.3e}", f"{c96['chunkwise, batched']['memory']:.3e}", "11"]
+    assert lines[3].split()[2:] == ["6.868e+08", "1.495e+05", "2.854e+06", "11"]
+    assert lines[-2].split() == ["parallel", f"{ref['parallel']['flops']:.3e}", "2.097e+06", "1"]
+    assert lines[-1].split() == ["recurrent", f"{ref['recurrent']['flops']:.3e}", "1.311e+05", "1,024"]
+    assert lines[-1].split()[1] == f"{5 * 1024 * 256 * 512:.3e}"
 
 
 # ------------------------------------------------------------------------------------------ drawings
