@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any, Callable, Collection, List, Optional
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 __all__ = ["ArgumentTypeError", "check_bool", "check_callable", "check_choice", "check_int", "check_real",
            "check_sequence", "check_str", "describe_tensor"]
@@ -29,7 +29,7 @@ def _got(value: Any) -> str:
     return f"got {value!r} ({type(value).__name__})"
 
 
-def _range_text(low: Optional[float], high: Optional[float], low_open: bool = False,
+def _range_text(low: float | None, high: float | None, low_open: bool = False,
                 high_open: bool = False) -> str:
     if low is not None and high is not None:
         if not low_open and not high_open:
@@ -42,7 +42,7 @@ def _range_text(low: Optional[float], high: Optional[float], low_open: bool = Fa
     return ""
 
 
-def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """``value`` if it is an int in ``[low, high]`` (either bound may be None).
 
     Bools are refused (``True`` is an int to Python, but never meant as a size); so are floats, even whole
@@ -57,7 +57,7 @@ def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[i
     return value
 
 
-def check_real(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *,
+def check_real(name: str, value: Any, low: float | None = None, high: float | None = None, *,
                low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a float if it is a finite real number in the given range (bounds open or closed).
 
@@ -109,8 +109,8 @@ def check_callable(name: str, value: Any) -> Callable[..., Any]:
     return value
 
 
-def check_sequence(name: str, value: Any, *, min_len: int = 1, max_len: Optional[int] = None,
-                   unique: bool = False) -> List[Any]:
+def check_sequence(name: str, value: Any, *, min_len: int = 1, max_len: int | None = None,
+                   unique: bool = False) -> list[Any]:
     """``value`` as a list if it is a list-like of ``min_len`` to ``max_len`` items (each once if ``unique``;
     the items must then be hashable).
 

@@ -20,19 +20,23 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import costs
 from ._checks import ArgumentTypeError, check_bool, check_callable, check_int, check_str
+from .decay import paper_log_decay
 from .layers import MultiScaleRetention
 from .model import RetNetConfig, RetNetLM, RetNetState
-from .decay import paper_log_decay
-from .retention import chunkwise_retention, parallel_retention, recurrent_retention, state_dtype
+from .retention import (
+    chunkwise_retention,
+    parallel_retention,
+    recurrent_retention,
+    state_dtype,
+)
 from .transformer import CausalSelfAttention, KVCache, TransformerConfig, TransformerLM
 
 BENCH_CONFIG = dict(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
@@ -41,7 +45,7 @@ BENCH_CONFIG = dict(vocab_size=256, d_model=512, n_heads=2, n_layers=4)
 # ---------------------------------------------------------------------------------------------
 # Argument checks: a benchmark takes seconds to minutes, so a bad argument must fail before it starts.
 # ---------------------------------------------------------------------------------------------
-def check_device(device: Union[str, torch.device], name: str = "device") -> torch.device:
+def check_device(device: str | torch.device, name: str = "device") -> torch.device:
     """``device`` as a ``torch.device`` (a string such as ``"cpu"`` or ``"cuda:0"`` is converted) that this
     machine has; a ValueError names it otherwise."""
     if not isinstance(device, (str, torch.device)):
@@ -62,7 +66,7 @@ def check_device(device: Union[str, torch.device], name: str = "device") -> torc
     return device
 
 
-def _check_run(device: Union[str, torch.device], quick: bool) -> torch.device:
+def _check_run(device: str | torch.device, quick: bool) -> torch.device:
     check_bool("quick", quick)
     return check_device(device)
 
@@ -75,8 +79,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                        warmup: int = 1) -> Dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                        warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, calling them in turn ``repeats`` times.
 
     ``fns`` is a non-empty mapping of names to functions of no argument; ``repeats`` an int >= 1,
@@ -91,7 +95,7 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, devi
     check_int("repeats", repeats, 1)
     check_int("warmup", warmup, 0)
     device = check_device(device)
-    times: Dict[str, List[float]] = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
             _sync(device)
@@ -103,7 +107,7 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, devi
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _table(title: str, header: List[str], rows: List[List[object]]) -> str:
+def _table(title: str, header: list[str], rows: list[list[object]]) -> str:
     cells = [header] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = [title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
@@ -260,7 +264,7 @@ def mixing_inputs(T: int, device: torch.device):
     return q, k, v, paper_log_decay(s["H"], torch.float32).to(device)
 
 
-def _mixing_fns(T: int, device: torch.device, chunk_sizes) -> Dict[str, Callable[[], object]]:
+def _mixing_fns(T: int, device: torch.device, chunk_sizes) -> dict[str, Callable[[], object]]:
     q, k, v, ld = mixing_inputs(T, device)
     fns = {f"chunkwise C={c}": (lambda c=c: chunkwise_retention(q, k, v, ld, c)) for c in chunk_sizes}
     if T <= 8192:
@@ -271,7 +275,7 @@ def _mixing_fns(T: int, device: torch.device, chunk_sizes) -> Dict[str, Callable
     return fns
 
 
-def mixing_counts(form: str, T: int) -> Optional[Dict[str, int]]:
+def mixing_counts(form: str, T: int) -> dict[str, int] | None:
     """What :mod:`retnet_mini.costs` counts for a retention form of the mixing benchmark at length ``T``, all
     heads of the batch: ``{"flops", "held_bytes"}`` (the numbers held besides q, k, v and the output, in
     float32; ``"chunkwise C=<c>"`` is ``chunkwise_retention`` as written, all whole chunks at once). None for
@@ -502,7 +506,7 @@ BENCHMARKS = {"decode": bench_decode, "mixing": bench_mixing, "flops": bench_flo
               "train": bench_train}
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m retnet_mini.bench", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=[*BENCHMARKS, "all"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (seconds, for tests and the book)")

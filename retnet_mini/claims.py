@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import List, Optional
 
 from ._checks import check_bool
 
@@ -43,8 +42,8 @@ class Claim:
 
     statement: str
     value: float
-    at_least: Optional[float]
-    at_most: Optional[float]
+    at_least: float | None
+    at_most: float | None
     holds: bool
 
     def __post_init__(self) -> None:
@@ -56,7 +55,7 @@ class Claim:
         check_bool("holds", self.holds)
 
 
-_recorded: List[Claim] = []
+_recorded: list[Claim] = []
 _raise_on_failure = True
 
 
@@ -66,7 +65,7 @@ def format_value(x: float) -> str:
     return f"{x:.4f}" if x == 0 or not math.isfinite(x) or 1e-3 <= abs(x) < 1e6 else f"{x:.2e}"
 
 
-def format_bound(at_least: Optional[float], at_most: Optional[float]) -> str:
+def format_bound(at_least: float | None, at_most: float | None) -> str:
     """The bound as the claims print it: "between a and b", ">= a" or "<= b" (at least one is given)."""
     at_least = _number("at_least", at_least, allow_none=True)
     at_most = _number("at_most", at_most, allow_none=True)
@@ -85,7 +84,7 @@ def _statement(statement) -> str:
     return statement
 
 
-def _number(name: str, value, allow_none: bool = False) -> Optional[float]:
+def _number(name: str, value, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -94,8 +93,8 @@ def _number(name: str, value, allow_none: bool = False) -> Optional[float]:
     return float(value)
 
 
-def claim(statement: str, value: float, *, at_least: Optional[float] = None,
-          at_most: Optional[float] = None) -> float:
+def claim(statement: str, value: float, *, at_least: float | None = None,
+          at_most: float | None = None) -> float:
     """Check ``at_least <= value <= at_most`` (either bound may be omitted, not both); return ``value``.
 
     Prints one line, ``claim holds: <statement>: <value> (bound: ...)``. A value that is not finite
@@ -139,7 +138,7 @@ def _settle(result: Claim, shown: str, bound_note: str, expected: str) -> None:
         raise ClaimError(f"claim broken: {result.statement}: measured {shown}, expected {expected}")
 
 
-def recorded() -> List[dict]:
+def recorded() -> list[dict]:
     """Every claim checked so far in this process, in order, as plain dicts (for scripts/claim_spread.py)."""
     return [asdict(c) for c in _recorded]
 

@@ -75,7 +75,7 @@ cache of ``n`` tokens (the Transformer, which writes one token's key and value).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
 from ._checks import check_choice, check_int, check_real, check_str
 
@@ -111,7 +111,7 @@ __all__ = [
 
 #: Bytes per number for the dtypes a model is usually served in. Keys are lower-case names; torch dtypes
 #: (``torch.float16``) and their short names (``"fp16"``, ``"bf16"``) are accepted by :func:`bytes_per_number`.
-DTYPE_BYTES: Dict[str, int] = {
+DTYPE_BYTES: dict[str, int] = {
     "float64": 8,
     "float32": 4,
     "float16": 2,
@@ -121,7 +121,7 @@ DTYPE_BYTES: Dict[str, int] = {
     "float8_e5m2": 1,
 }
 
-_ALIASES: Dict[str, str] = {
+_ALIASES: dict[str, str] = {
     "fp64": "float64",
     "double": "float64",
     "fp32": "float32",
@@ -217,7 +217,7 @@ def numbers_to_bytes(n_numbers: int, dtype: Any = "float16") -> int:
     return n_numbers * bytes_per_number(dtype)
 
 
-_UNITS: Tuple[str, ...] = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+_UNITS: tuple[str, ...] = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def format_bytes(n_bytes: float, digits: int = 1) -> str:
@@ -346,7 +346,7 @@ def max_batch_size(memory_bytes: float, weight_bytes: float, per_sequence_bytes:
 # =============================================================================================
 #: The forms :func:`memory_numbers` knows: the three of the paper, and the chunkwise form as
 #: ``retention.chunkwise_retention`` runs it (all whole chunks at once).
-FORMS: Tuple[str, ...] = ("parallel", "recurrent", "chunkwise", "chunkwise, batched")
+FORMS: tuple[str, ...] = ("parallel", "recurrent", "chunkwise", "chunkwise, batched")
 
 
 def _check_sizes(length: Any, d_k: Any, d_v: Any) -> None:
@@ -355,7 +355,7 @@ def _check_sizes(length: Any, d_k: Any, d_v: Any) -> None:
     check_int("d_v", d_v, 1)
 
 
-def chunk_lengths(length: int, chunk_size: int) -> List[int]:
+def chunk_lengths(length: int, chunk_size: int) -> list[int]:
     """The chunks' lengths, e.g. ``(10, 4) -> [4, 4, 2]``; ``chunk_size > length`` gives one chunk.
 
     ``length`` is an int >= 0 (0 gives no chunks), ``chunk_size`` an int >= 1.
@@ -445,7 +445,7 @@ def memory_numbers(form: str, length: int, d_k: int, d_v: int, chunk_size: int =
     return n_full * C * C + C * C + 2 * n_full * d_k * d_v + d_k * d_v
 
 
-def form_costs(length: int, chunk_size: int, d_k: int, d_v: int) -> Dict[str, Dict[str, int]]:
+def form_costs(length: int, chunk_size: int, d_k: int, d_v: int) -> dict[str, dict[str, int]]:
     """``{form: {"flops", "memory", "steps"}}`` for each of :data:`FORMS`, one head of one sequence.
 
     ``flops`` from :func:`parallel_flops`, :func:`recurrent_flops`, :func:`chunkwise_flops` (the two
@@ -608,7 +608,7 @@ class ModelShape:
 
 
 #: The paper's model sizes (Table of hyperparameters): key head dim 256 throughout, value head dim 512.
-PAPER_SHAPES: Dict[str, ModelShape] = {
+PAPER_SHAPES: dict[str, ModelShape] = {
     "1.3B": ModelShape("1.3B", 1.3e9, n_layers=24, d_model=2048, n_heads=8),
     "2.7B": ModelShape("2.7B", 2.7e9, n_layers=32, d_model=2560, n_heads=10),
     "6.7B": ModelShape("6.7B", 6.7e9, n_layers=32, d_model=4096, n_heads=16),

@@ -29,9 +29,10 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import BinaryIO, TypeVar
 
 import torch
 

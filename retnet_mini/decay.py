@@ -19,7 +19,7 @@ the explorers live in :mod:`retnet_mini.viz`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ def single_log_decay(n_heads: int) -> Tensor:
 
 
 #: The fixed schedules, by the name ``RetNetConfig.decay`` uses: ``n_heads -> ln(gamma)`` float64 ``(H,)``.
-SCHEDULES: Dict[str, Callable[[int], Tensor]] = {
+SCHEDULES: dict[str, Callable[[int], Tensor]] = {
     "paper": paper_log_decay, "experiment": experiment_log_decay, "torchscale": torchscale_log_decay,
     "none": no_decay, "single": single_log_decay,
 }
@@ -199,7 +199,7 @@ def _segment_sums(a: Tensor) -> Tensor:
     return terms.cumsum(-2).masked_fill(idx[:, None] < idx[None, :], float("-inf"))
 
 
-def _decay_factors(a: Tensor, fixed: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _decay_factors(a: Tensor, fixed: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The decay factors of a block of ``L`` positions with per-position log decays ``a: (..., L)``.
 
     Returns, each broadcastable against the block's tensors:
@@ -282,7 +282,7 @@ def normalized_decay_matrix(log_decay: Tensor, length: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------
-def _check_log_decay(log_decay: Tensor, n_heads: Optional[int], batch_and_length=None) -> None:
+def _check_log_decay(log_decay: Tensor, n_heads: int | None, batch_and_length=None) -> None:
     """``(H,)``, or ``(B, H, T)`` when ``batch_and_length = (B, T)`` is given; finite, ``<= 0``."""
     if not isinstance(log_decay, Tensor):
         raise TypeError(f"log_decay must be a torch.Tensor of shape (H,) or (B, H, T), got {type(log_decay).__name__}")

@@ -5,15 +5,20 @@ there. Shapes: ``x`` is ``(B, T, d_model)``; heads are ``(B, H, T, head_dim)``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import retention as _kernels     # the unchecked forms: the layer checks what it passes once
+from . import (
+    retention as _kernels,  # the unchecked forms: the layer checks what it passes once
+)
 from .decay import (
-    _check_log_decay, decay_schedule, gate_logit_for, gated_log_decay, paper_log_decay, rescale_factors,
+    _check_log_decay,
+    decay_schedule,
+    gate_logit_for,
+    gated_log_decay,
+    paper_log_decay,
+    rescale_factors,
 )
 from .retention import state_dtype
 from .rotation import apply_rotation, rope_theta, rotation_tables, torchscale_theta
@@ -25,7 +30,7 @@ FFNS = ("gelu", "glu")
 THETAS = ("rope", "torchscale")
 
 
-def embed_tokens(embedding: nn.Module, tokens: Tensor, previous_tokens: Optional[Tensor]) -> Tensor:
+def embed_tokens(embedding: nn.Module, tokens: Tensor, previous_tokens: Tensor | None) -> Tensor:
     """``embedding(tokens)``, or for an embedding that also reads the token before each position (one
     with ``reads_previous_token = True``, e.g. :class:`TokenShiftEmbedding`)
     ``embedding(tokens, previous_tokens)``, where ``previous_tokens: (B, 1)`` is the token before
@@ -163,14 +168,14 @@ class MultiScaleRetention(nn.Module):
                 cached = self._converted_decay = (buffer, buffer._version, converted)
         return cached[2]
 
-    def state_shape(self, batch: int) -> Tuple[int, int, int, int]:
+    def state_shape(self, batch: int) -> tuple[int, int, int, int]:
         """Shape of this layer's state: ``(B, H, d_k, d_v [+1 with rescaling])``."""
         return (batch, self.n_heads, self.key_dim, self.value_dim + int(self.rescale))
 
     def forward(
-        self, x: Tensor, *, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
-        chunk_size: int = 64, inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None,
-    ) -> Tuple[Tensor, Tensor]:
+        self, x: Tensor, *, mode: str = "parallel", state: Tensor | None = None, offset: int = 0,
+        chunk_size: int = 64, inplace: bool = False, rotation: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state.
 
         ``inplace`` (recurrent mode only): update ``state`` in place, for decoding loops that own it.
@@ -210,9 +215,9 @@ class MultiScaleRetention(nn.Module):
 
 
 def retention(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, mode: str, state: Optional[Tensor] = None,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, mode: str, state: Tensor | None = None,
     chunk_size: int = 64, inplace: bool = False,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Dispatch to one of the three forms; every mode returns ``(o, state)`` and continues ``state``.
 
     For the layer, which has checked what it passes (shapes from its own projections, a decay from
@@ -265,8 +270,8 @@ class RetNetBlock(nn.Module):
         self.ffn_norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: Tensor, *, mode: str = "parallel", state: Optional[Tensor] = None, offset: int = 0,
-                chunk_size: int = 64, inplace: bool = False, rotation: Optional[Tuple[Tensor, Tensor]] = None):
+    def forward(self, x: Tensor, *, mode: str = "parallel", state: Tensor | None = None, offset: int = 0,
+                chunk_size: int = 64, inplace: bool = False, rotation: tuple[Tensor, Tensor] | None = None):
         h, state = self.retention(self.retention_norm(x), mode=mode, state=state, offset=offset,
                                   chunk_size=chunk_size, inplace=inplace, rotation=rotation)
         x = x + h
@@ -298,7 +303,7 @@ class TokenShiftEmbedding(nn.Embedding):
         self.previous = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
         nn.init.normal_(self.previous, std=embedding_dim ** -0.5)
 
-    def forward(self, tokens: Tensor, previous_tokens: Optional[Tensor] = None) -> Tensor:
+    def forward(self, tokens: Tensor, previous_tokens: Tensor | None = None) -> Tensor:
         """``tokens: (B, T)`` -> ``(B, T, d)``; ``previous_tokens: (B, 1)``, the token before ``tokens[:, 0]``
         (None: the sequence starts here, so position 0 has no predecessor)."""
         if previous_tokens is None:

@@ -4,13 +4,22 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .decay import check_decay_choice
-from .layers import FFNS, HEAD_NORMS, MODES, NORMS, THETAS, RetNetBlock, embed_tokens, make_norm, projection_dtype
+from .layers import (
+    FFNS,
+    HEAD_NORMS,
+    MODES,
+    NORMS,
+    THETAS,
+    RetNetBlock,
+    embed_tokens,
+    make_norm,
+    projection_dtype,
+)
 from .retention import state_dtype
 from .rotation import check_position, rotation_tables
 from .sampling import check_generate_args, decode_loop
@@ -26,7 +35,7 @@ def check_flag(name: str, value) -> bool:
     return value
 
 
-def check_choice(name: str, value, allowed: Tuple[str, ...]) -> str:
+def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
@@ -55,8 +64,8 @@ class RetNetConfig:
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
-    value_dim: Optional[int] = None      # None -> 2 * d_model
-    ffn_dim: Optional[int] = None        # None -> 2 * d_model
+    value_dim: int | None = None      # None -> 2 * d_model
+    ffn_dim: int | None = None        # None -> 2 * d_model
     norm: str = "layernorm"              # block norms: "layernorm" | "rmsnorm"
     head_norm: str = "groupnorm"         # "groupnorm" | "rmsnorm" (no weight) | "none"
     ffn: str = "gelu"                    # "gelu" | "glu"
@@ -125,9 +134,9 @@ class RetNetState:
     Its size does not depend on ``offset``: that is RetNet's O(1) inference memory.
     """
 
-    layers: List[Tensor]
+    layers: list[Tensor]
     offset: int
-    last_tokens: Optional[Tensor] = None
+    last_tokens: Tensor | None = None
 
     def __post_init__(self) -> None:
         check_position("RetNetState.offset", self.offset)
@@ -164,14 +173,14 @@ class RetNetLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, tokens: Tensor, mode: str = "parallel", state: Optional[RetNetState] = None,
-        chunk_size: Optional[int] = None,
-    ) -> Tuple[Tensor, RetNetState]:
+        self, tokens: Tensor, mode: str = "parallel", state: RetNetState | None = None,
+        chunk_size: int | None = None,
+    ) -> tuple[Tensor, RetNetState]:
         """``tokens: (B, T)`` int64 ids -> ``logits: (B, T, vocab_size)``, the state after them."""
         self._check_forward_args(tokens, mode, state, chunk_size)
         return self._forward(tokens, mode, state, chunk_size or self.config.chunk_size)
 
-    def _forward(self, tokens: Tensor, mode: str, state: Optional[RetNetState], chunk_size: int,
+    def _forward(self, tokens: Tensor, mode: str, state: RetNetState | None, chunk_size: int,
                  inplace: bool = False):
         """The forward pass without argument checks; ``inplace`` (recurrent mode, no autograd) updates the
         layer states of ``state`` in place (see :meth:`step`)."""
@@ -225,7 +234,7 @@ class RetNetLM(nn.Module):
 
     def generate(
         self, prompt_tokens: Tensor, max_new_tokens: int, temperature: float = 1.0,
-        top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+        top_k: int | None = None, generator: torch.Generator | None = None,
         prefill: str = "chunkwise",
     ) -> Tensor:
         """Prefill the prompt with the chunkwise (or parallel) form, then decode one token at a time with
@@ -301,7 +310,7 @@ class RetNetLM(nn.Module):
         return _from_torchscale(cls, state_dict, official_config)
 
 
-def last_tokens_for(embedding: nn.Module, tokens: Tensor) -> Optional[Tensor]:
+def last_tokens_for(embedding: nn.Module, tokens: Tensor) -> Tensor | None:
     """What a state keeps of ``tokens (B, T)`` for the embedding: the last token ``(B, 1)`` if the embedding
     reads the previous token (a token shift), else None."""
     return tokens[:, -1:].clone() if getattr(embedding, "reads_previous_token", False) else None

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -99,9 +98,9 @@ def _parallel(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
 
 @_outside_autocast
 def recurrent_retention(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor] = None, *,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor | None = None, *,
     inplace: bool = False,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Recurrent form (eq. 6): ``S_n = gamma S_{n-1} + k_n^T v_n``, ``o_n = q_n S_n``.
 
     One step per position; O(d_k d_v) memory per head whatever the length. This is the decoding form.
@@ -131,8 +130,8 @@ def recurrent_retention(
     return _from_compute_dtype(o, out_dtype, "recurrent_retention"), S
 
 
-def _recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor],
-               inplace: bool = False) -> Tuple[Tensor, Tensor]:
+def _recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor | None,
+               inplace: bool = False) -> tuple[Tensor, Tensor]:
     """:func:`recurrent_retention` without checks, in the inputs' (compute) dtype."""
     B, H, T, d_k = q.shape
     d_v = v.shape[-1]
@@ -174,8 +173,8 @@ def chunkwise_retention(
     v: Tensor,
     log_decay: Tensor,
     chunk_size: int,
-    state: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
+    state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Chunkwise form (eq. 7): the parallel form inside each chunk, the recurrence across chunks.
 
     For chunk ``i`` of length ``L`` (position ``j = 0..L-1`` inside it) and the state ``R`` it inherits:
@@ -203,7 +202,7 @@ def chunkwise_retention(
 
 
 def _chunkwise(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int,
-               state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+               state: Tensor | None) -> tuple[Tensor, Tensor]:
     """:func:`chunkwise_retention` without checks, in the inputs' (compute) dtype."""
     B, H, T, d_k = q.shape
     R = _initial_state(state, B, H, d_k, v.shape[-1], q)
@@ -214,7 +213,7 @@ def _chunkwise(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: i
 
 
 def _chunks(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, R: Tensor,
-            careful: bool) -> Tuple[Tensor, Tensor]:
+            careful: bool) -> tuple[Tensor, Tensor]:
     """Eq. 7 over the whole sequence: whole chunks batched, then a short last chunk. ``careful``: zero the
     future scores after the product (:func:`_mask_future_scores`), for inputs with a NaN or inf."""
     B, H, T, d_k = q.shape
@@ -240,7 +239,7 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int,
 
 
 def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, fixed: bool,
-                 careful: bool = False) -> Tuple[Tensor, Tensor]:
+                 careful: bool = False) -> tuple[Tensor, Tensor]:
     """Eq. 7 for ``N = T / C`` whole chunks at once: the inner parts, each chunk's contribution to the state
     and the cross parts are batched matrix products over all chunks; only the cheap state recurrence
     ``R_i = gamma^C R_{i-1} + U_{i-1}`` (elementwise, ``N`` steps) runs as a loop.
@@ -266,7 +265,7 @@ def _full_chunks(q: Tensor, k: Tensor, v: Tensor, a: Tensor, C: int, R: Tensor, 
     return out.flatten(2, 3), R
 
 
-def _incoming_states(U: Tensor, decay: Tensor, R: Tensor, recording: bool) -> Tuple[Tensor, Tensor]:
+def _incoming_states(U: Tensor, decay: Tensor, R: Tensor, recording: bool) -> tuple[Tensor, Tensor]:
     """The state each chunk starts from, ``R_0 = R`` and ``R_i = decay_{i-1} R_{i-1} + U_{i-1}``, and the
     state after the last chunk. ``U: (B, H, N, d_k, d_v)``, ``decay: (1 or B, H, N, 1, 1)``.
 
@@ -310,7 +309,7 @@ def _mask_future_scores(scores: Tensor) -> Tensor:
     return scores.masked_fill(future, 0.0)
 
 
-def _mask_future(q: Tensor, k: Tensor, v: Tensor, form) -> Tuple[Tensor, Optional[Tensor]]:
+def _mask_future(q: Tensor, k: Tensor, v: Tensor, form) -> tuple[Tensor, Tensor | None]:
     """Run ``form(values) -> (o, state)`` (with future scores masked) so that non-finite inputs reach only
     the outputs the recurrent form lets them reach.
 
@@ -355,7 +354,7 @@ def _read_state(q: Tensor, state: Tensor, log_decay: Tensor) -> Tensor:
 
 
 @_outside_autocast
-def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+def update_state(state: Tensor | None, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """The state after a block of ``L`` positions: ``gamma^L S + k^T (v * zeta)``, ``zeta_j = gamma^(L-1-j)``.
 
     Shapes: k ``(B, H, L, d_k)``, v ``(B, H, L, d_v)``, log_decay ``(H,)`` or ``(B, H, L)``, state
@@ -366,7 +365,7 @@ def update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tenso
     return _update_state(state, k, v, log_decay)
 
 
-def _update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+def _update_state(state: Tensor | None, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """:func:`update_state` without checks, in k's (compute) dtype."""
     B, H, L, d_k = k.shape
     if L == 0:                    # no positions: gamma^0 S = S
@@ -378,7 +377,7 @@ def _update_state(state: Optional[Tensor], k: Tensor, v: Tensor, log_decay: Tens
 # ---------------------------------------------------------------------------------------------
 # Input checks and dtype handling (kept out of the equations above).
 # ---------------------------------------------------------------------------------------------
-def _initial_state(state: Optional[Tensor], B: int, H: int, d_k: int, d_v: int, like: Tensor) -> Tensor:
+def _initial_state(state: Tensor | None, B: int, H: int, d_k: int, d_v: int, like: Tensor) -> Tensor:
     if state is None:
         return like.new_zeros(B, H, d_k, d_v)
     return state.to(like.dtype)
@@ -407,7 +406,7 @@ def _from_compute_dtype(x: Tensor, out_dtype: torch.dtype, where: str) -> Tensor
     return y
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor]) -> None:
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor | None) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

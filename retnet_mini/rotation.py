@@ -8,8 +8,6 @@ interleaved-pairs layout of the official code (RoPE with adjacent pairs).
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor
 
@@ -60,7 +58,7 @@ def check_position(name: str, value: object) -> int:
 
 
 def rotation_tables(theta: Tensor, offset: int, length: int, dtype: torch.dtype,
-                    device: torch.device) -> Tuple[Tensor, Tensor]:
+                    device: torch.device) -> tuple[Tensor, Tensor]:
     """The tables :func:`apply_rotation` multiplies by, for positions ``n = offset .. offset + length - 1``.
 
     With phases ``t_i = n * theta_i``: ``cos = [cos t0, cos t0, cos t1, cos t1, ...]`` and the *signed* sine

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ def check_generate_args(prompt_tokens, max_new_tokens, temperature, top_k, vocab
         raise ValueError(f"top_k must be None or an int in [1, {vocab_size}] (vocab_size), got {top_k!r}")
 
 
-def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
     """``logits: (B, V)`` -> ``(B,)`` next ids: greedy at temperature 0, else top-k sampling.
 
     The logits are shifted so that each row's largest is 0 before dividing by the temperature: a tiny temperature then sends the others to ``-inf`` (sampling becomes greedy, ties drawn at
@@ -62,7 +62,7 @@ def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], genera
 
 def decode_loop(
     step: Callable[[Tensor, object], Tensor], prompt_tokens: Tensor, last_logits: Tensor, state: object,
-    max_new_tokens: int, temperature: float, top_k: Optional[int], generator: Optional[torch.Generator],
+    max_new_tokens: int, temperature: float, top_k: int | None, generator: torch.Generator | None,
 ) -> Tensor:
     """Append ``max_new_tokens`` tokens to ``prompt_tokens (B, T)``, starting from the prompt's
     ``last_logits (B, V)``; ``step(tokens (B, 1), state) -> logits (B, V)`` moves ``state`` on in place.

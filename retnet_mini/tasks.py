@@ -23,8 +23,8 @@ loss) and :func:`evaluate_on_task` are what the chapter ``book/limits.ipynb`` us
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ __all__ = [
     "evaluate_on_task",
 ]
 
-Batch = Tuple[Tensor, Tensor, Tensor]
+Batch = tuple[Tensor, Tensor, Tensor]
 
 FILLER = 0      # MQAR: the token between queries (it carries no information)
 SEPARATOR = 0   # copying: the token between the string and its copy
@@ -72,7 +72,7 @@ def _check_generator(generator) -> None:
         raise ValueError(f"generator must be a CPU torch.Generator (batches are drawn on the CPU), got one on {generator.device}")
 
 
-def _random_subsets(batch: int, population: int, size: int, generator: Optional[torch.Generator]) -> Tensor:
+def _random_subsets(batch: int, population: int, size: int, generator: torch.Generator | None) -> Tensor:
     """``(batch, size)``: in each row ``size`` distinct numbers from ``0 .. population - 1``, in random order."""
     return torch.rand(batch, population, generator=generator).argsort(dim=-1)[:, :size]
 
@@ -80,7 +80,7 @@ def _random_subsets(batch: int, population: int, size: int, generator: Optional[
 # ---------------------------------------------------------------------------------------------
 # Multi-query associative recall
 # ---------------------------------------------------------------------------------------------
-def mqar_vocab(vocab_size: int) -> Tuple[range, range]:
+def mqar_vocab(vocab_size: int) -> tuple[range, range]:
     """The ids MQAR uses as keys and as values: ``FILLER = 0``, keys ``1 .. K``, values ``K + 1 .. V - 1``
     with ``K = (V - 1) // 2`` (so keys and values never share an id). Returns ``(keys, values)`` ranges."""
     _positive_int("vocab_size", vocab_size, minimum=3)
@@ -93,8 +93,8 @@ def mqar(
     num_pairs: int,
     seq_len: int,
     vocab_size: int,
-    num_queries: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+    num_queries: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> Batch:
     """A batch of multi-query associative recall sequences.
 
@@ -183,7 +183,7 @@ def mqar_layout(keys: Tensor, values: Tensor, queried: Tensor, slots: Tensor, se
 # Copying
 # ---------------------------------------------------------------------------------------------
 def copy_task(
-    batch_size: int, string_length: int, vocab_size: int, generator: Optional[torch.Generator] = None
+    batch_size: int, string_length: int, vocab_size: int, generator: torch.Generator | None = None
 ) -> Batch:
     """A batch of copying sequences: a random string, :data:`SEPARATOR`, then the string again.
 
@@ -244,7 +244,7 @@ def masked_accuracy(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> float
 class TaskHistory:
     """``loss[i]``: the masked training loss of update ``i + 1`` (nats)."""
 
-    loss: List[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
 
 
 def _logits(output) -> Tensor:
@@ -260,7 +260,7 @@ def train_on_task(
     warmup_steps: int = 20,
     grad_clip: float = 1.0,
     seed: int = 0,
-    device: Optional[str] = None,
+    device: str | None = None,
 ) -> TaskHistory:
     """Train ``model`` for ``steps`` AdamW updates on fresh batches ``make_batch(generator)``, masked loss.
 
@@ -270,7 +270,10 @@ def train_on_task(
     ``device`` (default: the model's); only the ``loss_mask`` positions are scored; no validation, no
     output. A non-finite loss raises ``FloatingPointError``. The model is left in eval mode.
     """
-    from .training import TrainConfig, train     # training imports the models; tasks stays below them
+    from .training import (  # training imports the models; tasks stays below them
+        TrainConfig,
+        train,
+    )
 
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")

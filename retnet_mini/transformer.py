@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +20,8 @@ from torch import Tensor, nn
 
 from .layers import embed_tokens, make_norm, projection_dtype
 from .model import check_eps, check_flag, check_last_tokens, last_tokens_for
+from .rotation import check_position, rope_theta, rotate
 from .sampling import check_generate_args, decode_loop
-from .rotation import check_position
-from .rotation import rope_theta, rotate
 
 __all__ = ["TransformerConfig", "KVCache", "TransformerLM", "matching_config"]
 
@@ -46,12 +44,12 @@ class TransformerConfig:
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
-    ffn_dim: Optional[int] = None        # None -> 4 * d_model
+    ffn_dim: int | None = None        # None -> 4 * d_model
     norm: str = "layernorm"              # "layernorm" | "rmsnorm"
     bias: bool = True
     norm_eps: float = 1e-5
     positions: str = "rope"              # "rope" | "learned"
-    max_len: Optional[int] = None        # required for positions="learned"
+    max_len: int | None = None        # required for positions="learned"
     rope_base: float = 10000.0
     tie_embeddings: bool = False
 
@@ -105,10 +103,10 @@ class KVCache:
     returned by the first continuation is then stale (``clone()`` it first to keep both).
     """
 
-    k: List[Tensor]
-    v: List[Tensor]
+    k: list[Tensor]
+    v: list[Tensor]
     offset: int
-    last_tokens: Optional[Tensor] = None    # (B, 1), kept only for a token-shift embedding (as RetNetState)
+    last_tokens: Tensor | None = None    # (B, 1), kept only for a token-shift embedding (as RetNetState)
 
     def __post_init__(self) -> None:
         check_position("KVCache.offset", self.offset)
@@ -148,8 +146,8 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(c.d_model, c.d_model, bias=c.bias)
 
     def forward(
-        self, x: Tensor, theta: Optional[Tensor], k_cache: Optional[Tensor], v_cache: Optional[Tensor], offset: int
-    ) -> Tuple[Tensor, Tensor, Tensor]:
+        self, x: Tensor, theta: Tensor | None, k_cache: Tensor | None, v_cache: Tensor | None, offset: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``x: (B, T, d_model)`` at positions ``offset..offset+T-1`` -> output, this layer's k and v buffers.
 
         ``k_cache``/``v_cache``: ``(B, H, capacity, head_dim)`` with room for ``offset + T`` positions, or None
@@ -268,12 +266,12 @@ class TransformerLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, state: Optional[KVCache] = None) -> Tuple[Tensor, KVCache]:
+    def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """``tokens: (B, T)`` int64 ids -> ``logits: (B, T, vocab_size)``, the cache after them."""
         self._check_forward_args(tokens, state)
         return self._forward(tokens, state)
 
-    def _forward(self, tokens: Tensor, state: Optional[KVCache]) -> Tuple[Tensor, KVCache]:
+    def _forward(self, tokens: Tensor, state: KVCache | None) -> tuple[Tensor, KVCache]:
         B, T = tokens.shape
         offset = 0 if state is None else state.offset
         x = embed_tokens(self.embed, tokens, None if state is None else state.last_tokens)
@@ -373,7 +371,7 @@ class TransformerLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def generate(
         self, prompt_tokens: Tensor, max_new_tokens: int, temperature: float = 1.0,
-        top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+        top_k: int | None = None, generator: torch.Generator | None = None,
     ) -> Tensor:
         """Prefill the prompt in one pass, then decode one token at a time with the KV cache (preallocated
         for the whole length, so no step copies the cache).

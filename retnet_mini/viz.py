@@ -18,7 +18,7 @@ beyond :data:`MAX_DRAW_HEADS` and :data:`MAX_DRAW_LENGTH`, before they draw.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,7 +30,12 @@ from torch import Tensor
 from ._checks import check_choice, check_int, check_sequence
 from .costs import chunk_lengths, form_costs
 from .decay import (
-    SPAN_TOL, decay_matrix, decay_schedule, effective_span, half_life, normalized_decay_matrix,
+    SPAN_TOL,
+    decay_matrix,
+    decay_schedule,
+    effective_span,
+    half_life,
+    normalized_decay_matrix,
 )
 from .widgets import FrameExplorer, frame_explorer, table
 
@@ -54,7 +59,7 @@ MAX_DRAW_HEADS = 64
 MAX_DRAW_LENGTH = 2048
 
 
-def _check_schedules(schedules: Sequence[str]) -> List[str]:
+def _check_schedules(schedules: Sequence[str]) -> list[str]:
     names = check_sequence("schedules", schedules)
     for i, schedule in enumerate(names):
         check_choice(f"schedules[{i}]", schedule, SCHEDULES)
@@ -68,7 +73,7 @@ def schedule_log_decay(n_heads: int, schedule: str) -> Tensor:
     return decay_schedule(SCHEDULES[schedule], n_heads)
 
 
-def decay_rows(n_heads: int, schedule: str, context: int = 2048) -> List[list]:
+def decay_rows(n_heads: int, schedule: str, context: int = 2048) -> list[list]:
     """One row of numbers per head: ``[head, gamma, 1/(1-gamma), half-life, span, gamma^context]``.
 
     ``1/(1-gamma)`` is the head's time constant (``gamma^n ~ exp(-n (1-gamma))``); the span is an int
@@ -101,7 +106,7 @@ def _head_colors(n_heads: int):
     return plt.cm.viridis(np.linspace(0.0, 0.9, n_heads))
 
 
-def draw_decay(n_heads: int, schedule: str, length: int = 32) -> Tuple[Figure, str]:
+def draw_decay(n_heads: int, schedule: str, length: int = 32) -> tuple[Figure, str]:
     """The decay view: the curves ``gamma_h^n`` (half-life where a curve crosses 1/2, span where it crosses
     1e-3), and ``D``, ``D~`` of the fastest and the slowest head for ``length`` positions.
 
@@ -228,7 +233,7 @@ def _layout(length: int, chunk_size: int) -> str:
     return text
 
 
-def _check_chunk_sizes(chunk_sizes: Sequence[int]) -> List[int]:
+def _check_chunk_sizes(chunk_sizes: Sequence[int]) -> list[int]:
     chunk_sizes = check_sequence("chunk_sizes", chunk_sizes)
     for i, C in enumerate(chunk_sizes):
         check_int(f"chunk_sizes[{i}]", C, 1)
@@ -238,7 +243,7 @@ def _check_chunk_sizes(chunk_sizes: Sequence[int]) -> List[int]:
 _REGION_CMAP = ListedColormap(["white", "tab:blue", "tab:orange"])
 
 
-def draw_chunks(length: int, chunk_size: int, d_k: int = 256, d_v: int = 512) -> Tuple[Figure, str]:
+def draw_chunks(length: int, chunk_size: int, d_k: int = 256, d_v: int = 512) -> tuple[Figure, str]:
     """The chunk view: the ``T x T`` matrix colored by :func:`chunk_regions`, and the cost model over chunk
     sizes (powers of two up to ``T``, and the chosen one, circled). Returns ``(figure, chunk_table(...))``.
     ``length`` is 1 to :data:`MAX_DRAW_LENGTH`, ``chunk_size``, ``d_k``, ``d_v`` ints >= 1."""

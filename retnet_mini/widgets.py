@@ -40,17 +40,26 @@ import itertools
 import json
 import math
 from collections import Counter
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Union
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import traitlets
 from IPython.display import Image, display
 from ipywidgets.embed import dependency_state
-from ipywidgets.widgets.widget_link import Link  # the class jslink returns (ipywidgets 7 and 8)
+from ipywidgets.widgets.widget_link import (
+    Link,  # the class jslink returns (ipywidgets 7 and 8)
+)
 from matplotlib.figure import Figure
 
-from ._checks import ArgumentTypeError, check_callable, check_int, check_sequence, check_str
+from ._checks import (
+    ArgumentTypeError,
+    check_callable,
+    check_int,
+    check_sequence,
+    check_str,
+)
 
 Values = Union[Sequence[Any], Mapping[str, Sequence[Any]]]
 Control = Union[widgets.SelectionSlider, widgets.ToggleButtons]  # both sync the chosen position as `index`
@@ -96,7 +105,7 @@ class KernelSwitch(widgets.Box):
                 child.layout.display = display_value
 
     @property
-    def shown(self) -> Optional[widgets.Widget]:
+    def shown(self) -> widgets.Widget | None:
         """The child on screen (None if ``selected_index`` is out of range)."""
         visible = [c for c in self.children if c.layout.display != "none"]
         return visible[0] if len(visible) == 1 else None
@@ -105,13 +114,13 @@ class KernelSwitch(widgets.Box):
 class Frame(NamedTuple):
     """One precomputed view: the parameter values that drew it, its PNG, its text (may be empty) and its
     label (``"heads=8, schedule='paper (eq. 8)'"``)."""
-    values: Tuple[Any, ...]
+    values: tuple[Any, ...]
     png: bytes
     text: str
     label: str
 
 
-def table(rows: Sequence[Sequence[Any]], headers: Optional[Sequence[str]] = None,
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None,
           floatfmt: str = ".4f") -> str:
     """A plain-text table with right-aligned columns, for ``print`` (nbval compares printed text).
 
@@ -149,7 +158,7 @@ def table(rows: Sequence[Sequence[Any]], headers: Optional[Sequence[str]] = None
 
 
 def _params(values: Values, name: str, argument: str = "values",
-            fmt: Callable[[Any], str] = str) -> List[Tuple[str, List[Any]]]:
+            fmt: Callable[[Any], str] = str) -> list[tuple[str, list[Any]]]:
     """Normalize ``values`` to ``[(name, [v, ...]), ...]``, one entry per parameter, checking it on the way:
     parameter names are non-empty strings, each parameter has at least one value and no two of its values
     display alike (``fmt``): a control could not tell them apart."""
@@ -183,7 +192,7 @@ def _check_dpi(dpi: Any) -> int:
     return check_int("dpi", dpi, MIN_DPI, MAX_DPI)
 
 
-def _check_arity(draw: Callable[..., Any], params: List[Tuple[str, List[Any]]]) -> None:
+def _check_arity(draw: Callable[..., Any], params: list[tuple[str, list[Any]]]) -> None:
     """Refuse a ``draw`` that cannot take one argument per parameter, before any frame is drawn."""
     try:
         signature = inspect.signature(draw)
@@ -198,7 +207,7 @@ def _check_arity(draw: Callable[..., Any], params: List[Tuple[str, List[Any]]]) 
 
 
 def render(draw: Callable[..., Any], args: Sequence[Any], dpi: int = 80,
-           label: Optional[str] = None) -> Tuple[bytes, str]:
+           label: str | None = None) -> tuple[bytes, str]:
     """Call ``draw(*args)`` and return ``(png_bytes, text)``; every figure it opened is closed.
 
     ``draw`` returns a matplotlib ``Figure`` or ``(Figure, text)``. Closing matters: in a notebook, open
@@ -229,7 +238,7 @@ def render(draw: Callable[..., Any], args: Sequence[Any], dpi: int = 80,
             plt.close(num)
 
 
-def _control(name: str, options: List[Tuple[str, Any]], values: List[Any]) -> Control:
+def _control(name: str, options: list[tuple[str, Any]], values: list[Any]) -> Control:
     """A slider for numbers, buttons for names: a slider's readout clips labels longer than ~8 characters.
 
     Both keep the value's label on screen and expose the chosen position as the synced ``index``.
@@ -254,19 +263,19 @@ class FrameExplorer(widgets.VBox):
     explorer works with no kernel), ``frames`` (all frames, in ``itertools.product`` order), ``nbytes``
     (bytes its widget state adds to the notebook).
     """
-    controls: List[Control]
-    play: Optional[widgets.Play]
-    stacks: List[List[widgets.Widget]]
-    links: List[Union[Link, traitlets.link]]
+    controls: list[Control]
+    play: widgets.Play | None
+    stacks: list[list[widgets.Widget]]
+    links: list[Link | traitlets.link]
     in_browser: bool
-    frames: List[Frame]
+    frames: list[Frame]
     nbytes: int
 
 
 def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value", *,
-                   fmt: Callable[[Any], str] = str, play: Union[bool, str] = True, interval: int = 800,
+                   fmt: Callable[[Any], str] = str, play: bool | str = True, interval: int = 800,
                    dpi: int = 80, max_bytes: int = 1_000_000, max_frames: int = MAX_FRAMES,
-                   live: Optional[Values] = None) -> FrameExplorer:
+                   live: Values | None = None) -> FrameExplorer:
     """Precompute ``draw`` for every value and return a control that switches frames with no kernel.
 
     ``values`` is a list (one parameter called ``name``; ``draw(v)``) or a mapping ``{name: [values]}``
@@ -322,7 +331,7 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
                              f"({nbytes} bytes); use fewer values, a smaller figure or a lower dpi")
 
     has_stack = hasattr(widgets, "Stack")  # ipywidgets >= 8; Colab has shipped 7
-    stacks: List[List[widgets.Widget]] = [[] for _ in params]
+    stacks: list[list[widgets.Widget]] = [[] for _ in params]
     frame_iter = iter(frames)  # product order = depth-first order of the nesting below
     # Every widget saves its own Layout (~1 KB of JSON) unless given one: under a Stack frames share theirs.
     # flex-start keeps each PNG at its own size. A KernelSwitch hides a child through the child's own
@@ -369,7 +378,7 @@ def frame_explorer(draw: Callable[..., Any], values: Values, name: str = "value"
 
     # The played slider sits next to its Play button; the other sliders each get a row.
     rows = [widgets.HBox([player, c]) if player is not None and c is which else c for c in controls]
-    children: List[widgets.Widget] = [*rows, root]
+    children: list[widgets.Widget] = [*rows, root]
     if live is not None:
         children.append(_live_view(draw, live_params, fmt))
 
@@ -411,14 +420,14 @@ def live_view(draw: Callable[..., Any], values: Values, name: str = "value", *,
     return _live_view(draw, params, fmt)
 
 
-def _check_live_sizes(params: List[Tuple[str, List[Any]]], argument: str) -> None:
+def _check_live_sizes(params: list[tuple[str, list[Any]]], argument: str) -> None:
     for n, vs in params:
         if len(vs) > MAX_LIVE_VALUES:
             raise ValueError(f"{argument} would give the live slider {n!r} {len(vs)} positions: "
                              f"at most {MAX_LIVE_VALUES}")
 
 
-def _live_view(draw: Callable[..., Any], params: List[Tuple[str, List[Any]]],
+def _live_view(draw: Callable[..., Any], params: list[tuple[str, list[Any]]],
                fmt: Callable[[Any], str]) -> widgets.VBox:
     """:func:`live_view` for checked parameters."""
     controls = {f"p{i}": _control(n, [(fmt(v), v) for v in vs], vs) for i, (n, vs) in enumerate(params)}
