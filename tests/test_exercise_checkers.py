@@ -17,12 +17,14 @@ from torch import Tensor
 from retnet_mini import decay_matrix
 from retnet_mini.exercises import (ExerciseError, as_number, compare, compare_numbers, to_tensor, tolerances)
 from retnet_mini.exercises import attention, block, decay, derivation, forms, inference, intro, limits, training
-from retnet_mini.memory import max_batch_size
+from retnet_mini.costs import max_batch_size
 from retnet_mini.rotation import rotate
 from retnet_mini.tasks import masked_accuracy
 from retnet_mini.decay import effective_span, half_life, normalized_decay_matrix
 
 from exercise_notebooks import rejected
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: see conftest.py
 
 FEW = 3           # cases for the answers that fail at once (each then also runs the hints on every case)
 

@@ -1,4 +1,5 @@
-"""The exercises of book/block.ipynb: the notebook's solutions pass their checkers, wrong answers do not."""
+"""The checkers of book/block.ipynb refuse wrong answers with a message that says what is wrong (the notebook's
+own solutions pass them: tests/test_exercises_notebooks.py)."""
 
 from pathlib import Path
 
@@ -11,60 +12,42 @@ from retnet_mini import RetNetConfig, RetNetLM
 from retnet_mini.exercises.block import (block_linear_weights, check_gated_output, check_head_rmsnorm,
                                          check_param_count)
 
-from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
-                                stub_functions)
+from exercise_notebooks import BOOK, rejected
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "block.ipynb"
-
-
-def solution_cells():
-    return notebook_solution_cells(NOTEBOOK)
-
-
-def test_notebook_has_three_solutions():
-    assert len(solution_cells()) == 3
-
-
-@pytest.mark.parametrize("index", range(3))
-def test_notebook_solution_passes_its_checker(index):
-    out, namespace = run_solution(NOTEBOOK, index)
-    assert "correct on all 25 random cases" in out
-    stub = stub_functions(NOTEBOOK)[index]
-    # the solution's own name: running every cell keeps the learner's function
-    assert callable(namespace[solution_name(stub)]) and stub not in namespace
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: see conftest.py
 
 
 def test_gated_output_wrong_answers():
-    msg = _rejected(check_gated_output, lambda x, y, w_g, w_o: (torch.sigmoid(x @ w_g) * y) @ w_o)
+    msg = rejected(check_gated_output, lambda x, y, w_g, w_o: (torch.sigmoid(x @ w_g) * y) @ w_o)
     assert "wrong value" in msg and "sigmoid(z) alone" in msg
-    msg = _rejected(check_gated_output, lambda x, y, w_g, w_o: (x @ w_g * y) @ w_o)
+    msg = rejected(check_gated_output, lambda x, y, w_g, w_o: (x @ w_g * y) @ w_o)
     assert "wrong value" in msg and "through swish" in msg
-    msg = _rejected(check_gated_output, lambda x, y, w_g, w_o: (F.silu(y) * (x @ w_g)) @ w_o)
+    msg = rejected(check_gated_output, lambda x, y, w_g, w_o: (F.silu(y) * (x @ w_g)) @ w_o)
     assert "applied to the gate" in msg
-    msg = _rejected(check_gated_output, lambda x, y, w_g, w_o: F.silu(x @ w_g) * y)
+    msg = rejected(check_gated_output, lambda x, y, w_g, w_o: F.silu(x @ w_g) * y)
     assert "has shape" in msg
 
 
 def test_head_rmsnorm_wrong_answers():
-    msg = _rejected(check_head_rmsnorm, lambda y, n_heads, eps: y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps))
+    msg = rejected(check_head_rmsnorm, lambda y, n_heads, eps: y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps))
     assert "wrong value" in msg and "each head's d_v features separately" in msg
 
     def eps_outside(y, n_heads, eps):
         h = y.unflatten(-1, (n_heads, -1))
         return (h / (h.pow(2).mean(-1, keepdim=True).sqrt() + eps)).flatten(-2)
-    assert "inside the square root" in _rejected(check_head_rmsnorm, eps_outside)
+    assert "inside the square root" in rejected(check_head_rmsnorm, eps_outside)
 
     def layer_norm(y, n_heads, eps):
         h = y.unflatten(-1, (n_heads, -1))
         h = h - h.mean(-1, keepdim=True)
         return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2)
-    assert "does not subtract the mean" in _rejected(check_head_rmsnorm, layer_norm)
+    assert "does not subtract the mean" in rejected(check_head_rmsnorm, layer_norm)
 
     def heads_split_wrong(y, n_heads, eps):   # (d_v, H) instead of (H, d_v): features of several heads mixed
         h = y.unflatten(-1, (-1, n_heads)).transpose(-1, -2)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
         return h.transpose(-1, -2).flatten(-2)
-    assert "wrong value" in _rejected(check_head_rmsnorm, heads_split_wrong)
+    assert "wrong value" in rejected(check_head_rmsnorm, heads_split_wrong)
 
 
 def test_block_linear_weights_matches_the_model():
@@ -80,14 +63,14 @@ def test_block_linear_weights_matches_the_model():
 
 
 def test_param_count_wrong_answers():
-    msg = _rejected(check_param_count, lambda d_model, value_dim, ffn_dim, glu: 12 * d_model ** 2)
+    msg = rejected(check_param_count, lambda d_model, value_dim, ffn_dim, glu: 12 * d_model ** 2)
     assert "got" in msg and "expected" in msg and "d_model^2" in msg
-    msg = _rejected(check_param_count, lambda d_model, value_dim, ffn_dim, glu:
+    msg = rejected(check_param_count, lambda d_model, value_dim, ffn_dim, glu:
                     2 * d_model ** 2 + 3 * d_model * value_dim + 2 * d_model * ffn_dim)
     assert "three d_model x ffn_dim matrices" in msg
-    msg = _rejected(check_param_count, lambda d_model, value_dim, ffn_dim, glu: "many")
+    msg = rejected(check_param_count, lambda d_model, value_dim, ffn_dim, glu: "many")
     assert "expected an int" in msg
-    msg = _rejected(check_param_count, lambda d_model, value_dim, ffn_dim: 0)
+    msg = rejected(check_param_count, lambda d_model, value_dim, ffn_dim: 0)
     assert "raised TypeError" in msg
 
 
@@ -98,10 +81,11 @@ def test_the_chapters_official_normalizers_reproduce_the_official_logits():
     import retnet_mini.layers as layers
     from retnet_mini import decay_matrix
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = BOOK / "block.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
     source = next(c.source for c in nb.cells if c.cell_type == "code" and "def official_chunkwise" in c.source)
     ns = {"torch": torch, "decay_matrix": decay_matrix}
-    exec(compile(source, f"{NOTEBOOK.name}[official normalizers]", "exec"), ns)
+    exec(compile(source, f"{notebook.name}[official normalizers]", "exec"), ns)
     fx = torch.load(Path(__file__).parent / "data" / "torchscale_tiny.pt", weights_only=True)
 
     def official_retention(q, k, v, log_decay, mode, state, chunk_size, inplace=False):

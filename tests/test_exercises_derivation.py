@@ -1,7 +1,5 @@
-"""The exercises of book/recurrence_to_retention.ipynb: the notebook's solutions pass their checkers,
-and wrong answers are rejected with a message that says what is wrong."""
-
-from pathlib import Path
+"""The checkers of book/recurrence_to_retention.ipynb refuse wrong answers with a message that says what is
+wrong (the notebook's own solutions pass them: tests/test_exercises_notebooks.py)."""
 
 import pytest
 import torch
@@ -10,32 +8,9 @@ from retnet_mini import decay_matrix
 from retnet_mini.exercises.derivation import check_decay_matrix, check_retention, check_rotate, check_ssm_kernel
 from retnet_mini.rotation import rotate
 
-from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
-                                stub_functions)
+from exercise_notebooks import rejected
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "recurrence_to_retention.ipynb"
-EXERCISES = ["my_ssm_kernel", "my_rotate", "my_decay_matrix", "my_retention"]
-
-
-def solution_cells():
-    return notebook_solution_cells(NOTEBOOK)
-
-
-def test_notebook_has_a_solution_per_exercise():
-    cells = solution_cells()
-    assert len(cells) == len(EXERCISES) >= 3
-    assert stub_functions(NOTEBOOK) == EXERCISES
-    for source, name in zip(cells, EXERCISES):
-        # the solution's own name: running every cell keeps the learner's function
-        assert f"def {solution_name(name)}(" in source and f"def {name}(" not in source
-
-
-@pytest.mark.parametrize("index", range(len(EXERCISES)))
-def test_notebook_solution_passes_its_checker(index):
-    out, namespace = run_solution(NOTEBOOK, index)
-    assert "correct on all" in out and "random cases" in out
-    assert callable(namespace[solution_name(EXERCISES[index])])
-    assert EXERCISES[index] not in namespace
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: see conftest.py
 
 
 # -- exercise 1: the convolution kernel -----------------------------------------------------------
@@ -48,18 +23,18 @@ def _kernel(A, q, k, length, start=0):
 
 
 def test_ssm_kernel_wrong_answers():
-    msg = _rejected(check_ssm_kernel, lambda A, q, k, length: _kernel(A, q, k, length, start=1))
+    msg = rejected(check_ssm_kernel, lambda A, q, k, length: _kernel(A, q, k, length, start=1))
     assert "wrong value" in msg and "A^0 = I" in msg
-    msg = _rejected(check_ssm_kernel, lambda A, q, k, length: _kernel(A.T, q, k, length))
+    msg = rejected(check_ssm_kernel, lambda A, q, k, length: _kernel(A.T, q, k, length))
     assert "not by its transpose" in msg
-    msg = _rejected(check_ssm_kernel, lambda A, q, k, length: _kernel(A, q, k, length + 1))
+    msg = rejected(check_ssm_kernel, lambda A, q, k, length: _kernel(A, q, k, length + 1))
     assert "has shape" in msg and "length=" in msg
 
 
 # -- exercise 2: rotate pairs ---------------------------------------------------------------------
 def test_rotate_wrong_answers():
-    assert "offset + t" in _rejected(check_rotate, lambda x, theta, offset: rotate(x, theta))
-    assert "rotate by +n theta" in _rejected(check_rotate, lambda x, theta, offset: rotate(x, -theta, offset))
+    assert "offset + t" in rejected(check_rotate, lambda x, theta, offset: rotate(x, theta))
+    assert "rotate by +n theta" in rejected(check_rotate, lambda x, theta, offset: rotate(x, -theta, offset))
 
     def halves(x, theta, offset):     # GPT-NeoX-style pairs (x_i, x_{i + d/2})
         n = torch.arange(offset, offset + x.shape[-2], dtype=x.dtype)
@@ -67,8 +42,8 @@ def test_rotate_wrong_answers():
         first, second = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
         return torch.cat((first * angle.cos() - second * angle.sin(), first * angle.sin() + second * angle.cos()), -1)
 
-    assert "adjacent coordinates" in _rejected(check_rotate, halves)
-    msg = _rejected(check_rotate, lambda x, theta, offset: x)
+    assert "adjacent coordinates" in rejected(check_rotate, halves)
+    msg = rejected(check_rotate, lambda x, theta, offset: x)
     assert "wrong value" in msg and "offset=" in msg
 
 
@@ -79,7 +54,7 @@ def test_decay_matrix_wrong_answers():
         gamma = torch.exp(log_decay)[:, None, None]
         return gamma ** n[:, None] * gamma ** (-n[None, :]) * (n[:, None] >= n[None, :])
 
-    msg = _rejected(check_decay_matrix, split)
+    msg = rejected(check_decay_matrix, split)
     assert "got nan" in msg and "length=1100" in msg and "overflow" in msg
 
     def split_where(log_decay, length):    # the split, masked with where: still inf below the diagonal
@@ -88,16 +63,16 @@ def test_decay_matrix_wrong_answers():
         full = gamma ** n[:, None] * gamma ** (-n[None, :])
         return torch.where(n[:, None] >= n[None, :], full, torch.zeros((), dtype=full.dtype))
 
-    assert "overflow" in _rejected(check_decay_matrix, split_where)
+    assert "overflow" in rejected(check_decay_matrix, split_where)
 
     def no_mask(log_decay, length):
         n = torch.arange(length, dtype=log_decay.dtype)
         return torch.exp((n[:, None] - n[None, :]).abs() * log_decay[:, None, None])
 
-    assert "0 above the diagonal" in _rejected(check_decay_matrix, no_mask)
-    msg = _rejected(check_decay_matrix, lambda log_decay, length: decay_matrix(log_decay, length).transpose(-1, -2))
+    assert "0 above the diagonal" in rejected(check_decay_matrix, no_mask)
+    msg = rejected(check_decay_matrix, lambda log_decay, length: decay_matrix(log_decay, length).transpose(-1, -2))
     assert "lower triangle" in msg
-    msg = _rejected(check_decay_matrix, lambda log_decay, length: decay_matrix(log_decay, length)[0])
+    msg = rejected(check_decay_matrix, lambda log_decay, length: decay_matrix(log_decay, length)[0])
     assert "has shape" in msg
 
 
@@ -110,15 +85,15 @@ def _retention(x, w_q, w_k, w_v, theta, log_decay, rotate_k=True, scale=1.0):
 
 
 def test_retention_wrong_answers():
-    msg = _rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
+    msg = rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
                     _retention(x, w_q, w_k, w_v, 0 * theta, log_decay))
     assert "rotate q and k" in msg
-    msg = _rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
+    msg = rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
                     _retention(x, w_q, w_k, w_v, theta, log_decay, scale=w_q.shape[1] ** -0.5))
     assert "no scaling" in msg
-    msg = _rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
+    msg = rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
                     _retention(x, w_q, w_k, w_v, theta, 0.0))
     assert "decay matrix D" in msg
-    msg = _rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
+    msg = rejected(check_retention, lambda x, w_q, w_k, w_v, theta, log_decay:
                     _retention(x, w_q, w_k, w_v, theta, log_decay, rotate_k=False))
     assert "wrong value" in msg and "theta: shape" in msg

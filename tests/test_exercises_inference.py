@@ -1,61 +1,43 @@
-"""The exercises of book/inference.ipynb: the notebook's solutions pass their checkers, wrong answers do not."""
+"""The checkers of book/inference.ipynb refuse wrong answers with a message that says what is wrong (the
+notebook's own solutions pass them: tests/test_exercises_notebooks.py)."""
 
 import contextlib
 import io
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from retnet_mini.exercises.inference import check_decode_throughput, check_flop_crossover, check_greedy_decode
 
-from exercise_notebooks import (notebook_solution_cells, rejected as _rejected, run_solution, solution_name,
-                                stub_functions)
+from exercise_notebooks import rejected
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "inference.ipynb"
-
-
-def solution_cells():
-    return notebook_solution_cells(NOTEBOOK)
-
-
-def test_notebook_has_three_solutions():
-    assert len(solution_cells()) == 3
-
-
-@pytest.mark.parametrize("index", range(3))
-def test_notebook_solution_passes_its_checker(index):
-    out, namespace = run_solution(NOTEBOOK, index)
-    assert "correct on all 25 random cases" in out
-    stub = stub_functions(NOTEBOOK)[index]
-    # the solution's own name: running every cell keeps the learner's function
-    assert callable(namespace[solution_name(stub)]) and stub not in namespace
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: see conftest.py
 
 
 # ---------------------------------------------------------------------------------------------
 def test_flop_crossover_wrong_answers():
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
                     n_heads * key_head_dim * value_head_dim // d_model)
     assert "got" in msg and "expected" in msg and "strictly more" in msg
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
                     n_heads * key_head_dim * value_head_dim // (2 * d_model) + 1)
     assert "NUMBERS" in msg and "4 n d" in msg
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
                     key_head_dim * value_head_dim // d_model + 1)
     assert "multiply by n_heads" in msg
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
                     n_heads * key_head_dim * value_head_dim / d_model + 0.5)
     assert "whole number" in msg
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim: None)
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim: None)
     assert "expected a number" in msg
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim: 0)
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim: 0)
     assert "raised TypeError" in msg
 
 
 def test_flop_crossover_ties_are_checked():
     """The paper's shapes tie exactly at n = 2 d_k: rounding up instead of adding one must fail there."""
-    msg = _rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
+    msg = rejected(check_flop_crossover, lambda d_model, n_heads, key_head_dim, value_head_dim:
                     math.ceil(n_heads * key_head_dim * value_head_dim / d_model))
     assert "EQUAL" in msg
 
@@ -80,10 +62,10 @@ def test_greedy_decode_accepts_feeding_the_last_token_too():
 
 
 def test_greedy_decode_wrong_answers():
-    msg = _rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
+    msg = rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
                     _greedy(model, prompt, max_new_tokens, forget_state=True))
     assert "new token" in msg and "expected" in msg and "state=state" in msg
-    msg = _rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
+    msg = rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
                     _greedy(model, prompt, max_new_tokens, first_position=True))
     assert "new token 0" in msg and "LAST position" in msg
 
@@ -93,21 +75,21 @@ def test_greedy_decode_wrong_answers():
             logits, _ = model(seq, mode="parallel")
             seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
         return seq
-    msg = _rejected(check_greedy_decode, rereads)
+    msg = rejected(check_greedy_decode, rereads)
     assert "tokens are right" in msg and "token positions" in msg
 
-    msg = _rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
+    msg = rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
                     model.generate(prompt, max_new_tokens, temperature=0))
     assert "never called the model" in msg
-    msg = _rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
+    msg = rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
                     _greedy(model, prompt, max_new_tokens)[:, prompt.shape[1]:])
     assert "has shape" in msg
-    msg = _rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
+    msg = rejected(check_greedy_decode, lambda model, prompt, max_new_tokens:
                     _greedy(model, prompt, max_new_tokens).double())
     assert "integer token ids" in msg
-    msg = _rejected(check_greedy_decode, lambda model, prompt, max_new_tokens: "tokens")
+    msg = rejected(check_greedy_decode, lambda model, prompt, max_new_tokens: "tokens")
     assert "expected a tensor" in msg
-    msg = _rejected(check_greedy_decode, lambda model, prompt: None)
+    msg = rejected(check_greedy_decode, lambda model, prompt: None)
     assert "raised TypeError" in msg
 
 
@@ -123,17 +105,17 @@ def test_decode_throughput_accepts_a_loop():
 
 
 def test_decode_throughput_wrong_answers():
-    msg = _rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
+    msg = rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
                     _loop_throughput(1, prompt_len, new_tokens, fixed_s, per_token_s))
     assert "multiply by batch" in msg
-    msg = _rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
+    msg = rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
                     1 / _loop_throughput(batch, prompt_len, new_tokens, fixed_s, per_token_s))
     assert "seconds per token" in msg
-    msg = _rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
+    msg = rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
                     batch / (fixed_s + per_token_s * prompt_len))
     assert "grows by one token" in msg
-    msg = _rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
+    msg = rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s:
                     _loop_throughput(batch, prompt_len, new_tokens, fixed_s, per_token_s, shift=1))
     assert "the first step sees the prompt only" in msg
-    msg = _rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s: [1.0])
+    msg = rejected(check_decode_throughput, lambda batch, prompt_len, new_tokens, fixed_s, per_token_s: [1.0])
     assert "expected a number" in msg

@@ -1,13 +1,31 @@
-"""RetNetLM: the three modes give the same logits, states continue sequences, generation is exact."""
+"""RetNetLM, with a fixed decay (the paper's and torchscale's presets) and with a gated one (computed from the
+input, as in gated linear attention): the three modes give the same logits, states continue sequences,
+generation is exact; and what only the gated decay has: its gate equation, gradients that reach the gate, a
+constant gate that is RetNet."""
+import copy
+import pickle
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.func import functional_call
 
-from retnet_mini import RetNetConfig, RetNetLM, RetNetState, TransformerLM
-from retnet_mini.layers import rescale_factors
+from retnet_mini import RetNetConfig, RetNetLM, RetNetState, TransformerLM, decay_matrix
+from retnet_mini.decay import GATE_TEMPERATURE, decay_schedule, gate_logit_for, gated_log_decay, paper_log_decay
+from retnet_mini.layers import MultiScaleRetention, rescale_factors
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 MODES = ("parallel", "recurrent", "chunkwise")
+# The models the tests of the three modes run on, as make_model's keywords
+MODELS = {
+    "paper": dict(preset="paper"),
+    "paper-rescale": dict(preset="paper", rescale=True),
+    "torchscale": dict(preset="torchscale"),
+    "torchscale-rescale": dict(preset="torchscale", rescale=True),
+    "gated": dict(preset="paper", decay="gated"),
+}
 
 
 def make_model(preset="paper", dtype=torch.float64, device="cpu", seed=0, **overrides):
@@ -22,6 +40,8 @@ def make_model(preset="paper", dtype=torch.float64, device="cpu", seed=0, **over
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+            elif "decay_proj.weight" in name:   # a gate far from its initial bias: decays vary along the sequence
+                p.normal_(0.0, 2.0)
     return model
 
 
@@ -29,21 +49,22 @@ def max_diff(a, b):
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("preset", ["paper", "torchscale"])
-@pytest.mark.parametrize("rescale", [False, True])
-def test_modes_agree_float64(preset, rescale, device):
-    model = make_model(preset, device=device, rescale=rescale, norm_eps=0.0)
+@pytest.mark.parametrize("kind", MODELS)
+def test_modes_agree_float64(kind, device):
+    model = make_model(**MODELS[kind], device=device, norm_eps=0.0)
     tokens = torch.randint(0, 37, (3, 23), device=device)
     logits = {m: model(tokens, mode=m) for m in MODES}
     for m in ("recurrent", "chunkwise"):
         assert max_diff(logits[m][0], logits["parallel"][0]) < 1e-10
         for s, s_ref in zip(logits[m][1].layers, logits["parallel"][1].layers):
             assert max_diff(s, s_ref) < 1e-10
+    for chunk_size in (1, 3, 7, 64):     # one position, chunks that do not divide T, one chunk longer than T
+        assert max_diff(model(tokens, mode="chunkwise", chunk_size=chunk_size)[0], logits["parallel"][0]) < 1e-10
 
 
-@pytest.mark.parametrize("preset", ["paper", "torchscale"])
-def test_modes_agree_float32_default_config(preset, device):
-    model = make_model(preset, dtype=torch.float32, device=device, chunk_size=8)
+@pytest.mark.parametrize("kind", ["paper", "torchscale", "gated"])
+def test_modes_agree_float32_default_config(kind, device):
+    model = make_model(**MODELS[kind], dtype=torch.float32, device=device, chunk_size=8)
     tokens = torch.randint(0, 37, (2, 50), device=device)
     ref, _ = model(tokens, mode="parallel")
     for m in ("recurrent", "chunkwise"):
@@ -62,15 +83,17 @@ def test_rescaling_keeps_eps0_output_with_eps(device):
 def test_rescale_factors_are_row_sums_of_D():
     ld = torch.log(torch.tensor([0.5, 0.999, 1.0], dtype=torch.float64))
     f = rescale_factors(ld, offset=3, length=5)
-    from retnet_mini import decay_matrix
     D = decay_matrix(ld, 8)
     assert torch.allclose(f[:, :, 0], D.sum(-1)[:, 3:8].rsqrt(), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["paper", "gated"])
 @settings(max_examples=12, deadline=None)
 @given(cuts=st.lists(st.integers(1, 8), min_size=1, max_size=4), data=st.data())
-def test_state_continues_in_any_mode(cuts, data, device):
-    model = make_model("paper", device=device, rescale=data.draw(st.booleans()), norm_eps=0.0)
+def test_state_continues_in_any_mode(kind, cuts, data, device):
+    # a fixed decay with or without the rescalings (with eps 0, where they cancel); a gated one with the default eps
+    options = dict(decay="gated") if kind == "gated" else dict(rescale=data.draw(st.booleans()), norm_eps=0.0)
+    model = make_model("paper", device=device, **options)
     T = sum(cuts)
     tokens = torch.randint(0, 37, (2, T), device=device)
     ref, ref_state = model(tokens, mode="parallel")
@@ -87,9 +110,10 @@ def test_state_continues_in_any_mode(cuts, data, device):
         assert max_diff(s, s_ref) < 1e-10
 
 
+@pytest.mark.parametrize("kind", ["paper", "gated"])
 @pytest.mark.parametrize("prefill", ["chunkwise", "parallel"])
-def test_greedy_generation_equals_parallel_rerun(prefill, device):
-    model = make_model("paper", device=device)
+def test_greedy_generation_equals_parallel_rerun(kind, prefill, device):
+    model = make_model(**MODELS[kind], device=device)
     prompt = torch.randint(0, 37, (3, 6), device=device)   # a batch of prompts
     out = model.generate(prompt, 12, temperature=0, prefill=prefill)
     assert out.shape == (3, 18) and torch.equal(out[:, :6], prompt)
@@ -174,7 +198,8 @@ def test_bad_model_inputs(call, message):
         (dict(d_model=6, n_heads=2), "even size"),
         (dict(vocab_size=0), "vocab_size must be a positive int"),
         (dict(norm="batchnorm"), "norm must be"),
-        (dict(decay="linear"), "decay must be"),
+        (dict(decay="linear"), "decay must be one of"),
+        (dict(decay="gated", rescale=True), "rescale=True needs a fixed decay"),
         (dict(norm_eps=-1.0), "norm_eps"),
     ],
 )
@@ -186,8 +211,6 @@ def test_bad_configs(kwargs, message):
 
 
 def test_the_fixed_decay_conversion_follows_the_buffer():
-    import copy
-    import pickle
     msr = RetNetLM(RetNetConfig.paper(vocab_size=16, d_model=8, n_heads=2, n_layers=1)).blocks[0].retention
     assert msr.log_decay.dtype == torch.float64                       # exact until the model is converted
     first = msr.fixed_log_decay(torch.float32)
@@ -219,3 +242,76 @@ def test_generate_runs_in_inference_mode_and_returns_an_ordinary_tensor():
             built_inside(prompt, mode=mode)
             built_inside(prompt, mode=mode)
     assert not TransformerLM.matching(model.config).generate(prompt, 3).is_inference()
+
+
+# -- the gated decay ------------------------------------------------------------------------------
+def test_gate_equation():
+    z = torch.linspace(-30, 8, 39, dtype=torch.float64)     # the naive log loses digits for z >> 1
+    gamma = torch.sigmoid(z) ** (1 / 16)
+    assert GATE_TEMPERATURE == 16
+    assert torch.allclose(gated_log_decay(z), gamma.log(), rtol=1e-10, atol=0)
+    assert (gated_log_decay(z) < 0).all()
+    assert torch.isfinite(gated_log_decay(torch.tensor([-1e4, 1e4], dtype=torch.float64))).all()
+    ld = paper_log_decay(8)
+    assert torch.allclose(gated_log_decay(gate_logit_for(ld)), ld, rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="no fixed schedule"):
+        decay_schedule("gated", 4)
+
+
+def test_the_gate_starts_at_the_papers_schedule():
+    msr = MultiScaleRetention(RetNetConfig.paper(vocab_size=5, d_model=16, n_heads=4, n_layers=1, decay="gated"))
+    assert torch.allclose(gated_log_decay(msr.decay_proj.bias.double()), paper_log_decay(4), rtol=1e-5)
+
+
+def test_the_decay_varies_with_the_input(device):
+    model = make_model(**MODELS["gated"], device=device)
+    msr = model.blocks[0].retention
+    x = torch.randn(2, 9, 16, dtype=torch.float64, device=device)
+    ld = gated_log_decay(msr.decay_proj(x)).transpose(1, 2)
+    assert ld.shape == (2, 2, 9) and ld.std() > 1e-3 and (ld < 0).all()
+    assert msr.log_decay is None and "log_decay" not in model.state_dict()
+    names = [n for n, _ in model.named_parameters() if "decay" in n]
+    assert names == [f"blocks.{i}.retention.decay_proj.{w}" for i in range(2) for w in ("weight", "bias")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_reach_the_gate(mode, device):
+    model = make_model(**MODELS["gated"], device=device).train()
+    tokens = torch.randint(0, 37, (2, 11), device=device)
+    logits, _ = model(tokens, mode=mode)
+    logits.square().mean().backward()
+    for block in model.blocks:
+        for p in block.retention.decay_proj.parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0
+
+
+def test_gradcheck_of_the_gate_through_chunkwise_retention():
+    """Analytic gradients of the gate's weights equal finite differences (float64), chunks across the gate."""
+    torch.manual_seed(0)
+    msr = MultiScaleRetention(RetNetConfig.paper(vocab_size=5, d_model=8, n_heads=2, n_layers=1,
+                                                  decay="gated")).double()
+    x = torch.randn(1, 7, 8, dtype=torch.float64)
+    w0, b0 = msr.decay_proj.weight.detach().clone(), msr.decay_proj.bias.detach().clone()
+
+    def f(w, b):
+        params = {"decay_proj.weight": w, "decay_proj.bias": b}
+        return functional_call(msr, params, (x,), {"mode": "chunkwise", "chunk_size": 3})[0]
+
+    assert torch.autograd.gradcheck(f, (w0.requires_grad_(), b0.requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+def test_a_constant_gate_is_retnet():
+    """Zero gate weights and the bias gate_logit_for(ln gamma) give the fixed-decay model exactly."""
+    torch.manual_seed(0)
+    base = dict(vocab_size=37, d_model=16, n_heads=4, n_layers=2, chunk_size=4)
+    retnet = RetNetLM(RetNetConfig.paper(**base)).double().eval()
+    gated = RetNetLM(RetNetConfig.paper(**base, decay="gated")).double().eval()
+    missing, unexpected = gated.load_state_dict(retnet.state_dict(), strict=False)
+    assert not unexpected and all("decay_proj" in k for k in missing)
+    with torch.no_grad():
+        for block in gated.blocks:
+            block.retention.decay_proj.weight.zero_()
+            block.retention.decay_proj.bias.copy_(gate_logit_for(decay_schedule("paper", 4)))
+    tokens = torch.randint(0, 37, (2, 19))
+    for mode in MODES:
+        assert max_diff(gated(tokens, mode=mode)[0], retnet(tokens, mode=mode)[0]) < 1e-10

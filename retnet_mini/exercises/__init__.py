@@ -16,7 +16,12 @@ Each chapter's checkers live in ``retnet_mini/exercises/<chapter>.py`` and are b
   (:func:`to_tensor`, :func:`as_number`), compared with a tolerance suited to the precision it was
   computed in (:func:`tolerances`, :data:`LOW_PRECISION_RTOL`); outputs that must be exact stay exact;
 - say plainly when the function crashed, returned ``None`` (a forgotten ``return``), or returned something
-  else than asked (:func:`call_answer`, :func:`wrong_type`), rather than failing deep inside torch.
+  else than asked (:func:`call_answer`, :func:`wrong_type`), rather than failing deep inside torch;
+- add a hint when the answer makes a known mistake: it agrees on every case with a wrong variant
+  (:func:`first_hint`), and print the same success line (:func:`success`), which the notebooks store.
+
+Cases come from :func:`random_cases` (a fixed seed per checker), drawn with :func:`randint`, :func:`pick`,
+:func:`randn` and :func:`uniform`; :func:`describe_numbers` shows a case of plain numbers in a message.
 """
 from __future__ import annotations
 
@@ -31,9 +36,9 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "ExerciseError", "compare", "compare_with_hints", "compare_numbers", "random_cases", "randint", "randn",
-    "uniform", "LOW_PRECISION_RTOL", "tolerances", "to_tensor", "as_number", "wrong_type", "require_function",
-    "call_answer", "copy_case", "changed_inputs", "mutation_note",
+    "ExerciseError", "compare", "compare_with_hints", "compare_numbers", "random_cases", "randint", "pick", "randn",
+    "uniform", "describe_numbers", "LOW_PRECISION_RTOL", "tolerances", "to_tensor", "as_number", "wrong_type",
+    "require_function", "call_answer", "copy_case", "changed_inputs", "mutation_note", "success", "first_hint",
 ]
 
 Number = Union[int, float]
@@ -53,6 +58,11 @@ def random_cases(make_case: Callable[[torch.Generator], Dict[str, Any]], n_cases
 def randint(g: torch.Generator, low: int, high: int) -> int:
     """An int in ``[low, high]`` (both included), drawn from ``g``."""
     return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def pick(g: torch.Generator, options: Sequence[Any]) -> Any:
+    """One of ``options``, drawn from ``g`` (all equally likely; repeat one to make it likelier)."""
+    return options[randint(g, 0, len(options) - 1)]
 
 
 def randn(g: torch.Generator, *shape: int) -> Tensor:
@@ -227,14 +237,28 @@ def mutation_note(changed: Sequence[str]) -> str:
             "compute new tensors (x = x + ..., or work on x.clone()).")
 
 
-def _describe_case(case: Dict[str, Any]) -> str:
+def _describe_case(case: Dict[str, Any], largest: bool = False) -> str:
+    """A case, for a message: each tensor's shape and dtype (``largest``: and the largest ``|value|`` of a
+    float tensor, where the size of the inputs is the reason an answer overflows), other values as reprs."""
     parts = []
     for k, v in case.items():
         if isinstance(v, Tensor):
-            parts.append(f"{k}: shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}")
+            extra = (f", max |value| {v.abs().max().item():.3g}"
+                     if largest and v.is_floating_point() and v.numel() else "")
+            parts.append(f"{k}: shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}{extra}")
         else:
             parts.append(f"{k}={v!r}")
     return ", ".join(parts)
+
+
+def describe_numbers(case: Dict[str, Any]) -> str:
+    """A case of numbers, for a message: ints with thousands separators (``d_model=4,096``), floats to 6
+    significant digits, anything else as its repr."""
+    def one(k: str, v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{k}={v!r}"
+        return f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:.6g}"
+    return ", ".join(one(k, v) for k, v in case.items())
 
 
 def require_function(answer: Any, name: str) -> None:
@@ -273,6 +297,7 @@ def compare(
     rtol: float = 1e-7,
     atol: float = 1e-9,
     elementwise: bool = False,
+    outputs: Optional[Sequence[Tuple[str, float, float]]] = None,
 ) -> str:
     """Run ``reference(**case)`` then ``answer(**case)`` on every case; raise on the first difference.
 
@@ -280,19 +305,42 @@ def compare(
     float dtype. ``rtol``, ``atol``: the tolerance for a float64 answer (see :func:`tolerances` for lower
     precision); ``elementwise``: the outputs are computed entry by entry, without sums that cancel (a decay
     matrix, a per-head quantity), so each entry is held to its own size even when entries span many
-    orders of magnitude. Returns (and prints) a one-line success message.
+    orders of magnitude; ``outputs``: for a tuple, each output's name (in messages) and tolerance
+    ``(name, rtol, atol)``, e.g. ``rtol = atol = 0`` for a whole number next to a float. Returns (and
+    prints) a one-line success message.
     """
     n = 0
     for n, case in enumerate(cases, start=1):
         want = reference(**copy_case(case))        # first, on its own copy: the answer cannot change it
         got, changed = call_answer(answer, case, name)
         try:
-            _compare_outputs(got, want, name, case, rtol, atol, elementwise=elementwise)
+            _compare_outputs(got, want, name, case, rtol, atol, elementwise=elementwise, outputs=outputs)
         except ExerciseError as error:
             raise ExerciseError(f"{error}{mutation_note(changed)}") from None
-    message = f"{name}: correct on all {n} random cases."
+    return success(name, n)
+
+
+def success(name: str, n_cases: int, detail: str = "") -> str:
+    """Print and return a checker's success line, ``<name>: correct on all <n_cases> random cases<detail>.``:
+    the notebooks store it, and nbval compares it byte for byte."""
+    message = f"{name}: correct on all {n_cases} random cases{detail}."
     print(message)
     return message
+
+
+def first_hint(hints: Sequence[Tuple[Callable[..., Any], str]], check: Callable[..., Any],
+               answer: Callable[..., Any], cases: List[Dict[str, Any]], **options: Any) -> str:
+    """The hint of the first known wrong variant in ``hints`` (pairs of a variant function and its hint) that
+    ``answer`` agrees with on every case, "" if none: the one for which ``check(answer, variant, cases,
+    "hint", **options)``, the checker's own comparison with the variant as the reference, passes."""
+    for variant, hint in hints:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                check(answer, variant, cases, "hint", **options)
+            return hint
+        except Exception:  # a mismatch, or the answer crashed: not this variant
+            continue
+    return ""
 
 
 def compare_with_hints(
@@ -305,25 +353,15 @@ def compare_with_hints(
 ) -> None:
     """:func:`compare` (prints one success line); on failure, adds a hint when the answer gives the same
     outputs as a known wrong variant (``hints``: pairs of a variant function and the hint to show).
-    ``options``: :func:`compare`'s ``rtol``, ``atol``, ``elementwise``."""
+    ``options``: :func:`compare`'s ``rtol``, ``atol``, ``elementwise``, ``outputs``."""
     cases = list(cases)
     try:
         compare(answer, reference, cases, name, **options)
     except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases, **options):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
+        hint = first_hint(hints, compare, answer, cases, **options)
+        if hint:
+            raise ExerciseError(f"{error}\n  hint: {hint}") from None
         raise
-
-
-def _same_outputs(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]],
-                  **options: Any) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            compare(answer, variant, cases, "hint", **options)
-        return True
-    except Exception:  # a mismatch, or the answer crashed: not this variant
-        return False
 
 
 def _largest(t: Tensor) -> float:
@@ -334,13 +372,15 @@ def _largest(t: Tensor) -> float:
     return float(finite.abs().max()) if finite.numel() else 0.0
 
 
-def _compare_outputs(got, want, name, case, rtol, atol, what="output", elementwise=False):
+def _compare_outputs(got, want, name, case, rtol, atol, what="output", elementwise=False, outputs=None):
     where = f"\n  on {_describe_case(case)}"
     if isinstance(want, tuple):
+        named = outputs or [(f"output[{i}]", rtol, atol) for i in range(len(want))]
         if not isinstance(got, (tuple, list)) or len(got) != len(want):
-            raise ExerciseError(f"{name}: {wrong_type(got, f'a tuple of {len(want)} tensors')}{where}")
-        for i, (g, w) in enumerate(zip(got, want)):
-            _compare_outputs(g, w, name, case, rtol, atol, what=f"output[{i}]", elementwise=elementwise)
+            expected = f"a tuple of {len(want)} tensors" + (f" ({', '.join(o[0] for o in outputs)})" if outputs else "")
+            raise ExerciseError(f"{name}: {wrong_type(got, expected)}{where}")
+        for g, w, (what_i, rtol_i, atol_i) in zip(got, want, named):
+            _compare_outputs(g, w, name, case, rtol_i, atol_i, what=what_i, elementwise=elementwise)
         return
     subject = "the output" if what == "output" else what
     tensor = to_tensor(got)
@@ -403,14 +443,9 @@ def compare_numbers(
                      else "got {}, expected {}".format(*_two_numbers(float(value), float(want), digits=10)))
             message = f"{name}: {shown}{where}" + _precision_note(float(value), float(want), dtype, "answer")
             message += mutation_note(changed)
-            for variant, hint in hints:
-                if _agrees_with(answer, variant, cases, integer, rel_tol):
-                    message += f"\n  hint: {hint}"
-                    break
-            raise ExerciseError(message)
-    message = f"{name}: correct on all {len(cases)} random cases."
-    print(message)
-    return message
+            hint = first_hint(hints, compare_numbers, answer, cases, integer=integer, rel_tol=rel_tol)
+            raise ExerciseError(message + (f"\n  hint: {hint}" if hint else ""))
+    return success(name, len(cases))
 
 
 def _is_whole(value: Number) -> bool:
@@ -422,17 +457,3 @@ def _numbers_agree(value: Number, dtype: torch.dtype, want: Number, integer: boo
         return value == want                        # counts are exact, however large (int == float is exact)
     rtol, atol = tolerances(dtype, rel_tol, 0.0)
     return math.isfinite(float(value)) and math.isclose(float(value), float(want), rel_tol=rtol, abs_tol=atol)
-
-
-def _agrees_with(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]],
-                 integer: bool, rel_tol: float) -> bool:
-    """Whether the answer gives the same number as a known wrong variant on every case."""
-    try:
-        for case in cases:
-            want = variant(**copy_case(case))
-            value, dtype = as_number(answer(**copy_case(case)), "hint")
-            if not _numbers_agree(value, dtype, want, integer, rel_tol):
-                return False
-        return True
-    except Exception:
-        return False

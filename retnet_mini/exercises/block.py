@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from ..layers import HeadNorm, RetNetBlock
 from ..model import RetNetConfig
-from . import ExerciseError, _precision_note, as_number, call_answer, compare_with_hints, randint, randn, random_cases
+from . import (ExerciseError, _precision_note, as_number, call_answer, compare_with_hints, pick, randint, randn,
+               random_cases, success)
 
 __all__ = ["check_gated_output", "check_head_rmsnorm", "check_param_count", "block_linear_weights"]
 
@@ -48,7 +49,7 @@ def check_gated_output(gated_output: Callable[..., Tensor], n_cases: int = 25) -
          "swish is applied to the gate x W_G, not to y."),
     ]
     compare_with_hints(gated_output, _gate_reference, random_cases(_gate_case, n_cases, seed=11),
-                               "check_gated_output", hints)
+                       "check_gated_output", hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def _norm_case(g: torch.Generator) -> Dict[str, Any]:
     B, T, H, d_v = randint(g, 1, 3), randint(g, 1, 5), randint(g, 1, 4), randint(g, 1, 8)
     scale = 10 ** (4 * torch.rand(H, generator=g, dtype=torch.float64) - 2)        # heads of very different sizes
     y = (randn(g, B, T, H, d_v) * scale[:, None]).reshape(B, T, H * d_v)
-    eps = [0.0, 1e-6, 1e-2, 1.0][randint(g, 0, 3)]
+    eps = pick(g, [0.0, 1e-6, 1e-2, 1.0])
     return dict(y=y, n_heads=H, eps=eps)
 
 
@@ -146,4 +147,4 @@ def check_param_count(param_count: Callable[..., int], n_cases: int = 25) -> Non
                    if case["glu"] and got - want == -d * case["ffn_dim"] else "")
                 + _precision_note(float(got), float(want), dtype, "count")
             )
-    print(f"{name}: correct on all {n} random cases.")
+    success(name, n)

@@ -12,18 +12,14 @@ known mistake.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
-from ..decay import decay_matrix
-from ..decay import effective_span, half_life, normalized_decay_matrix
-from . import (ExerciseError, _compare_outputs, _describe_case, call_answer, copy_case, mutation_note, randint,
-               random_cases, uniform, wrong_type)
+from ..decay import decay_matrix, effective_span, half_life, normalized_decay_matrix
+from . import ExerciseError, compare_with_hints, copy_case, randint, random_cases, uniform
 
 __all__ = ["check_memory", "check_half_life_schedule", "check_normalized_decay", "half_life_schedule_reference"]
 
@@ -31,58 +27,6 @@ __all__ = ["check_memory", "check_half_life_schedule", "check_normalized_decay",
 def _log_decay(g: torch.Generator, n_heads: int) -> Tensor:
     """ln(gamma) per head, 1 - gamma between 10^-6 and 0.5 (log-uniform): fast and very slow heads."""
     return torch.log1p(-(10 ** uniform(g, -6.0, math.log10(0.5), n_heads)))
-
-
-Tolerances = Sequence[Tuple[str, float, float]]   # per output: (name, rtol, atol)
-CLOSE: Tolerances = (("output", 1e-7, 1e-9),)
-
-
-def _check(answer: Callable[..., Any], reference: Callable[..., Any], cases: List[Dict[str, Any]], name: str,
-           tolerances: Tolerances = CLOSE) -> str:
-    """Run ``reference(**case)`` then ``answer(**case)`` on every case, each output with its own
-    tolerance (exact whole numbers need ``rtol = 0``); raise :class:`ExerciseError` on the first difference.
-
-    Every output here is computed entry by entry (a per-head quantity, a decay matrix), so each entry is
-    held to its own size (``elementwise``), from 1 down to the tiny weights of distant positions."""
-    for case in cases:
-        want = reference(**copy_case(case))        # first, on its own copy: the answer cannot change it
-        got, changed = call_answer(answer, case, name)
-        try:
-            if len(tolerances) > 1:
-                if not isinstance(got, (tuple, list)) or len(got) != len(tolerances):
-                    expected = f"a tuple of {len(tolerances)} tensors ({', '.join(t[0] for t in tolerances)})"
-                    raise ExerciseError(f"{name}: {wrong_type(got, expected)}\n  on {_describe_case(case)}")
-            else:
-                got, want = (got,), (want,)
-            for g, w, (what, rtol, atol) in zip(got, want, tolerances):
-                _compare_outputs(g, w, name, case, rtol, atol, what=what, elementwise=True)
-        except ExerciseError as error:
-            raise ExerciseError(f"{error}{mutation_note(changed)}") from None
-    message = f"{name}: correct on all {len(cases)} random cases."
-    print(message)
-    return message
-
-
-def _check_with_hints(answer: Callable[..., Any], reference: Callable[..., Any], cases: List[Dict[str, Any]],
-                      name: str, hints: Sequence[Tuple[Callable[..., Any], str]] = (),
-                      tolerances: Tolerances = CLOSE) -> None:
-    """:func:`_check`; on failure, add a hint when the answer behaves like a known wrong variant."""
-    try:
-        _check(answer, reference, cases, name, tolerances)
-    except ExerciseError as error:
-        for variant, hint in hints:
-            if _same_outputs(answer, variant, cases, tolerances):
-                raise ExerciseError(f"{error}\n  hint: {hint}") from None
-        raise
-
-
-def _same_outputs(answer, variant, cases, tolerances) -> bool:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            _check(answer, variant, cases, "hint", tolerances)
-        return True
-    except Exception:  # a mismatch, or the answer crashed: not this variant
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,9 +64,11 @@ def check_memory(memory: Callable[..., Tuple[Tensor, Tensor]], n_cases: int = 25
                      "below tol, one more."),
         (rounded, "round to the first whole n with gamma^n < tol (floor(...) + 1), not to the nearest."),
     ]
-    tolerances = (("half_life", 1e-7, 1e-9), ("span", 0.0, 0.0))    # the span is a whole number: exact
-    _check_with_hints(memory, _memory_reference, list(random_cases(_memory_case, n_cases, seed=51)),
-                      "check_memory", hints, tolerances)
+    outputs = (("half_life", 1e-7, 1e-9), ("span", 0.0, 0.0))    # the span is a whole number: exact
+    # elementwise, here and below: per-head quantities and decay matrices, computed entry by entry, so each
+    # entry is held to its own size, from 1 down to the tiny weights of distant positions
+    compare_with_hints(memory, _memory_reference, random_cases(_memory_case, n_cases, seed=51), "check_memory",
+                       hints, elementwise=True, outputs=outputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +111,8 @@ def check_half_life_schedule(schedule: Callable[..., Tensor], n_cases: int = 25)
                          "solve gamma^h = 1/2."),
         (reversed_heads, "head 0 is the fastest (shortest half-life), the last head the slowest."),
     ]
-    _check_with_hints(schedule, half_life_schedule_reference, list(random_cases(_schedule_case, n_cases, seed=52)),
-                      "check_half_life_schedule", hints)
+    compare_with_hints(schedule, half_life_schedule_reference, random_cases(_schedule_case, n_cases, seed=52),
+                       "check_half_life_schedule", hints, elementwise=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +159,8 @@ def check_normalized_decay(normalized_decay: Callable[..., Tensor], n_cases: int
     ]
     cases = _normalized_cases(n_cases)
     try:
-        _check_with_hints(normalized_decay, normalized_decay_matrix, cases, "check_normalized_decay", hints)
+        compare_with_hints(normalized_decay, normalized_decay_matrix, cases, "check_normalized_decay", hints,
+                           elementwise=True)
     except ExerciseError as error:
         try:
             long = cases[-1]

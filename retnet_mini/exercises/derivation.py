@@ -19,7 +19,7 @@ from torch import Tensor
 from ..decay import decay_matrix
 from ..retention import parallel_retention
 from ..rotation import rotate
-from . import ExerciseError, compare, compare_with_hints, randint, randn, random_cases, uniform
+from . import ExerciseError, compare, compare_with_hints, randint, randn, random_cases, success, uniform
 
 __all__ = ["check_ssm_kernel", "check_rotate", "check_decay_matrix", "check_retention"]
 
@@ -150,8 +150,7 @@ def check_decay_matrix(my_decay_matrix: Callable, n_cases: int = 25) -> None:
         if "got nan" in text or "got inf" in text or "got -inf" in text:
             raise ExerciseError(text + _OVERFLOW_HINT) from None
         raise
-    message = f"{name}: correct on all {n_cases + 3} random cases (3 of them long enough to overflow gamma^-m)."
-    print(message)
+    success(name, n_cases + 3, " (3 of them long enough to overflow gamma^-m)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..retention import chunkwise_retention, recurrent_retention
-from . import compare_with_hints, randint, randn, random_cases
+from . import compare_with_hints, pick, randint, randn, random_cases
 
 __all__ = ["check_recurrent_step", "check_chunkwise", "check_padded_decay", "padded_decay_reference"]
 
@@ -74,7 +74,7 @@ def check_recurrent_step(step: Callable[..., Tuple[Tensor, Tensor]], n_cases: in
         (_step_no_decay, "the old state is multiplied by gamma = exp(log_decay), one gamma per head."),
     ]
     compare_with_hints(step, _step_reference, random_cases(_step_case, n_cases, seed=1),
-                               "check_recurrent_step", hints)
+                       "check_recurrent_step", hints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def _chunk_case(g: torch.Generator) -> Dict[str, Any]:
     kind = randint(g, 0, 3)
     if kind == 0:                          # a chunk size that divides T
         divisors = [c for c in range(1, T + 1) if T % c == 0]
-        chunk_size = divisors[randint(g, 0, len(divisors) - 1)]
+        chunk_size = pick(g, divisors)
     elif kind == 3:                        # larger than T: a single chunk
         chunk_size = T + randint(g, 1, 5)
     else:                                  # anything, usually with a short last chunk
@@ -136,7 +136,7 @@ def check_chunkwise(chunkwise: Callable[..., Tuple[Tensor, Tensor]], n_cases: in
          "gamma^(L-1-j)), not by gamma^chunk_size."),
     ]
     compare_with_hints(chunkwise, _chunk_reference, random_cases(_chunk_case, n_cases, seed=2),
-                               "check_chunkwise", hints)
+                       "check_chunkwise", hints)
 
 
 # ---------------------------------------------------------------------------------------------

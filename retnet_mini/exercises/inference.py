@@ -15,35 +15,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
+from typing import Any, Callable, Dict
 
 import torch
 from torch import Tensor
 
 from ..model import RetNetConfig, RetNetLM
-from . import (ExerciseError, _same, compare_numbers, mutation_note, randint, random_cases, require_function,
-               to_tensor, uniform, wrong_type)
+from . import (ExerciseError, _same, compare_numbers, describe_numbers, mutation_note, pick, randint, random_cases,
+               require_function, success, to_tensor, uniform, wrong_type)
 
 __all__ = ["check_flop_crossover", "check_greedy_decode", "check_decode_throughput"]
-
-
-def _pick(g: torch.Generator, options: Sequence[Any]) -> Any:
-    return options[randint(g, 0, len(options) - 1)]
-
-
-def _describe(case: Dict[str, Any]) -> str:
-    def one(k, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return f"{k}={v!r}"
-        return f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:.6g}"
-    return ", ".join(one(k, v) for k, v in case.items())
-
-
-def _check_scalar(answer: Callable[..., Any], reference: Callable[..., Any], cases: Iterable[Dict[str, Any]],
-                  name: str, hints: Sequence[Tuple[Callable[..., Any], str]] = (), integer: bool = False,
-                  rel_tol: float = 1e-12) -> None:
-    """:func:`retnet_mini.exercises.compare_numbers`, cases described with thousands separators."""
-    compare_numbers(answer, reference, cases, name, hints, integer=integer, rel_tol=rel_tol, describe=_describe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,7 +33,7 @@ def _check_scalar(answer: Callable[..., Any], reference: Callable[..., Any], cas
 def _flop_case(g: torch.Generator) -> Dict[str, Any]:
     kind = randint(g, 0, 2)
     if kind == 0:                      # the paper's shapes: h d_k = d, d_v = 2 d_k (an exact tie at n = 2 d_k)
-        key_head_dim = _pick(g, [32, 64, 128, 256])
+        key_head_dim = pick(g, [32, 64, 128, 256])
         n_heads = randint(g, 1, 16)
         return dict(d_model=n_heads * key_head_dim, n_heads=n_heads, key_head_dim=key_head_dim,
                     value_head_dim=2 * key_head_dim)
@@ -85,16 +66,16 @@ def check_flop_crossover(flop_crossover: Callable[..., Any], n_cases: int = 25) 
         (lambda **c: c["key_head_dim"] * c["value_head_dim"] // c["d_model"] + 1,
          "every head keeps its own d_k x d_v state: multiply by n_heads."),
     ]
-    _check_scalar(flop_crossover, _flop_reference, random_cases(_flop_case, n_cases, seed=81),
-                         "check_flop_crossover", hints, integer=True)
+    compare_numbers(flop_crossover, _flop_reference, random_cases(_flop_case, n_cases, seed=81),
+                    "check_flop_crossover", hints, integer=True, describe=describe_numbers)
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: a greedy decoding loop with the recurrent state
 # ---------------------------------------------------------------------------------------------
 def _decode_case(g: torch.Generator, index: int) -> Dict[str, Any]:
-    d_model = _pick(g, [8, 16, 24, 32])
-    n_heads = _pick(g, [h for h in (1, 2, 4) if d_model % h == 0 and (d_model // h) % 2 == 0])
+    d_model = pick(g, [8, 16, 24, 32])
+    n_heads = pick(g, [h for h in (1, 2, 4) if d_model % h == 0 and (d_model // h) % 2 == 0])
     vocab = randint(g, 5, 40)
     config = RetNetConfig.paper(vocab_size=vocab, d_model=d_model, n_heads=n_heads, n_layers=randint(g, 1, 2),
                                 chunk_size=randint(g, 2, 8), rescale=bool(randint(g, 0, 1)))
@@ -192,7 +173,7 @@ def check_greedy_decode(greedy_decode: Callable[..., Any], n_cases: int = 25) ->
                 f"prompt of {T} and {n_new} new tokens; with the state, the prompt is fed once and each new token "
                 f"once ({T + n_new - 1} positions are enough): pass each call's state to the next instead of "
                 f"re-reading the sequence{where}")
-    print(f"{name}: correct on all {n_cases} random cases.")
+    success(name, n_cases)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +181,7 @@ def check_greedy_decode(greedy_decode: Callable[..., Any], n_cases: int = 25) ->
 # ---------------------------------------------------------------------------------------------
 def _throughput_case(g: torch.Generator) -> Dict[str, Any]:
     per_token = 0.0 if randint(g, 0, 4) == 0 else 10 ** float(uniform(g, -9, -5))   # 0: RetNet's flat step
-    return dict(batch=_pick(g, [1, 1, 2, 4, 8, 16, 64]), prompt_len=randint(g, 1, 20_000),
+    return dict(batch=pick(g, [1, 1, 2, 4, 8, 16, 64]), prompt_len=randint(g, 1, 20_000),
                 new_tokens=randint(g, 1, 2_000), fixed_s=10 ** float(uniform(g, -4, -1)), per_token_s=per_token)
 
 
@@ -232,5 +213,5 @@ def check_decode_throughput(decode_throughput: Callable[..., Any], n_cases: int 
          / _step_total(c["prompt_len"], c["new_tokens"], c["fixed_s"], c["per_token_s"], shift=1),
          "step i runs at context prompt_len + i: the first step sees the prompt only."),
     ]
-    _check_scalar(decode_throughput, _throughput_reference, random_cases(_throughput_case, n_cases, seed=83),
-                         "check_decode_throughput", hints, rel_tol=1e-9)
+    compare_numbers(decode_throughput, _throughput_reference, random_cases(_throughput_case, n_cases, seed=83),
+                    "check_decode_throughput", hints, rel_tol=1e-9, describe=describe_numbers)

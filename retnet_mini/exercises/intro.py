@@ -5,54 +5,28 @@
 - :func:`check_max_batch`: how many sequences fit in a GPU's memory next to the weights.
 
 Each checker calls the reader's function on random model shapes and compares it with
-:mod:`retnet_mini.memory`; on a mismatch it raises :class:`ExerciseError` with the case, the answer, the
+:mod:`retnet_mini.costs`; on a mismatch it raises :class:`ExerciseError` with the case, the answer, the
 expected value and, when the answer matches a known mistake, a hint.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
+from typing import Any, Callable, Dict
 
 import torch
 
-from ..memory import kv_cache_numbers, max_batch_size, retnet_state_numbers
-from . import compare_numbers, random_cases
+from ..costs import kv_cache_numbers, max_batch_size, retnet_state_numbers
+from . import compare_numbers, describe_numbers, pick, randint, random_cases
 
 __all__ = ["check_kv_cache_bytes", "check_state_bytes", "check_max_batch"]
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high] (both included)."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _pick(g: torch.Generator, options: Sequence[Any]) -> Any:
-    return options[_randint(g, 0, len(options) - 1)]
-
-
-def _describe(case: Dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v!r}" for k, v in case.items())
-
-
-def _check_scalar(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Iterable[Dict[str, Any]],
-    name: str,
-    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
-    integer: bool = False,
-) -> str:
-    """Compare ``answer(**case)`` with ``reference(**case)`` (exactly: these are counts) on every case
-    (:func:`retnet_mini.exercises.compare_numbers`)."""
-    return compare_numbers(answer, reference, cases, name, hints, integer=integer, describe=_describe)
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: the KV cache of one sequence
 # ---------------------------------------------------------------------------------------------
 def _cache_case(g: torch.Generator) -> Dict[str, Any]:
-    return dict(n_layers=_randint(g, 1, 48), d_model=64 * _randint(g, 1, 128),
-                context_len=_randint(g, 1, 40_000), bytes_per_number=_pick(g, [1, 2, 4]))
+    return dict(n_layers=randint(g, 1, 48), d_model=64 * randint(g, 1, 128),
+                context_len=randint(g, 1, 40_000), bytes_per_number=pick(g, [1, 2, 4]))
 
 
 def _cache_reference(n_layers, d_model, context_len, bytes_per_number):
@@ -68,18 +42,19 @@ def check_kv_cache_bytes(kv_cache_bytes: Callable[..., Any], n_cases: int = 25) 
         (lambda **c: 2 * c["d_model"] * c["context_len"] * c["bytes_per_number"],
          "every layer keeps its own cache: multiply by n_layers."),
     ]
-    return _check_scalar(kv_cache_bytes, _cache_reference, random_cases(_cache_case, n_cases, seed=11),
-                         "check_kv_cache_bytes", hints, integer=True)
+    cases = random_cases(_cache_case, n_cases, seed=11)
+    return compare_numbers(kv_cache_bytes, _cache_reference, cases, "check_kv_cache_bytes", hints, integer=True,
+                           describe=describe_numbers)
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: the RetNet state of one sequence
 # ---------------------------------------------------------------------------------------------
 def _state_case(g: torch.Generator) -> Dict[str, Any]:
-    key_head_dim = _pick(g, [32, 64, 128, 256])
-    return dict(n_layers=_randint(g, 1, 48), n_heads=_randint(g, 1, 32), key_head_dim=key_head_dim,
-                value_head_dim=key_head_dim * _pick(g, [1, 2, 2, 2]) + _pick(g, [0, 0, 16]),
-                bytes_per_number=_pick(g, [1, 2, 4]))
+    key_head_dim = pick(g, [32, 64, 128, 256])
+    return dict(n_layers=randint(g, 1, 48), n_heads=randint(g, 1, 32), key_head_dim=key_head_dim,
+                value_head_dim=key_head_dim * pick(g, [1, 2, 2, 2]) + pick(g, [0, 0, 16]),
+                bytes_per_number=pick(g, [1, 2, 4]))
 
 
 def _state_reference(n_layers, n_heads, key_head_dim, value_head_dim, bytes_per_number):
@@ -98,8 +73,9 @@ def check_state_bytes(state_bytes: Callable[..., Any], n_cases: int = 25) -> str
         (lambda **c: c["n_layers"] * c["key_head_dim"] * c["value_head_dim"] * c["bytes_per_number"],
          "every head keeps its own state: multiply by n_heads."),
     ]
-    return _check_scalar(state_bytes, _state_reference, random_cases(_state_case, n_cases, seed=12),
-                         "check_state_bytes", hints, integer=True)
+    cases = random_cases(_state_case, n_cases, seed=12)
+    return compare_numbers(state_bytes, _state_reference, cases, "check_state_bytes", hints, integer=True,
+                           describe=describe_numbers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,15 +83,15 @@ def check_state_bytes(state_bytes: Callable[..., Any], n_cases: int = 25) -> str
 # ---------------------------------------------------------------------------------------------
 def _batch_case(g: torch.Generator) -> Dict[str, Any]:
     gib = 2**30
-    memory = _pick(g, [16, 24, 40, 48, 80, 141]) * gib
-    kind = _randint(g, 0, 4)
+    memory = pick(g, [16, 24, 40, 48, 80, 141]) * gib
+    kind = randint(g, 0, 4)
     if kind == 0:                                    # the weights alone do not fit
-        weights = memory + _randint(g, 0, 8) * gib
+        weights = memory + randint(g, 0, 8) * gib
     else:
-        weights = _randint(g, 1, 90) * memory // 100
-    per_sequence = _randint(g, 1, 64) * 2**24          # 16 MiB ... 1 GiB
+        weights = randint(g, 1, 90) * memory // 100
+    per_sequence = randint(g, 1, 64) * 2**24          # 16 MiB ... 1 GiB
     if kind == 1:                                    # an exact fit: W + b * P == M
-        per_sequence = max(1, (memory - weights) // _randint(g, 1, 9))
+        per_sequence = max(1, (memory - weights) // randint(g, 1, 9))
         weights = memory - per_sequence * ((memory - weights) // per_sequence)
     return dict(memory_bytes=memory, weight_bytes=weights, per_sequence_bytes=per_sequence)
 
@@ -130,5 +106,6 @@ def check_max_batch(max_batch: Callable[..., Any], n_cases: int = 25) -> str:
         (lambda **c: (c["memory_bytes"] - c["weight_bytes"]) // c["per_sequence_bytes"],
          "when the weights alone do not fit, no sequence fits: return 0, not a negative number."),
     ]
-    return _check_scalar(max_batch, max_batch_size, random_cases(_batch_case, n_cases, seed=13),
-                         "check_max_batch", hints, integer=True)
+    cases = random_cases(_batch_case, n_cases, seed=13)
+    return compare_numbers(max_batch, max_batch_size, cases, "check_max_batch", hints, integer=True,
+                           describe=describe_numbers)

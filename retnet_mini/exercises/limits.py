@@ -16,18 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..costs import kv_cache_numbers, retnet_state_numbers
 from ..decay import gated_log_decay
 from ..tasks import masked_accuracy, mqar_layout
 from . import (ExerciseError, _describe_case, _kind, _precision_note, as_number, call_answer, compare_with_hints,
-               random_cases, require_function, to_tensor, wrong_type)
+               pick, randint, randn, random_cases, require_function, success, to_tensor, wrong_type)
 
 __all__ = ["check_mqar_example", "check_state_numbers", "check_gate_log_decay", "check_masked_accuracy",
            "state_numbers_reference"]
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high] (both included)."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
 
 
 def _subset(g: torch.Generator, population: int, size: int) -> Tensor:
@@ -38,9 +34,9 @@ def _subset(g: torch.Generator, population: int, size: int) -> Tensor:
 # Exercise 1: one MQAR sequence
 # ---------------------------------------------------------------------------------------------
 def _mqar_case(g: torch.Generator) -> Dict[str, Any]:
-    N = _randint(g, 1, 6)
-    Q = _randint(g, 1, N)
-    T = 2 * N + 2 * Q - 1 + _randint(g, 0, 8)
+    N = randint(g, 1, 6)
+    Q = randint(g, 1, N)
+    T = 2 * N + 2 * Q - 1 + randint(g, 0, 8)
     n_slots = (T + 1 - 2 * N) // 2
     keys = _subset(g, 10, N) + 1                    # ids 1..10
     values = _subset(g, 10, N) + 11                 # ids 11..20
@@ -106,16 +102,17 @@ def state_numbers_reference(d_model: int, n_heads: int, value_dim: int, n_layers
 
     RetNet: each layer holds one ``d_k x d_v`` matrix per head (``d_k = d_model / H``, ``d_v = value_dim /
     H``), what :meth:`RetNetLM.init_state` allocates, whatever the context. The KV cache holds a key and
-    a value of ``d_model`` numbers per layer per position seen.
+    a value of ``d_model`` numbers per layer per position seen. Both counts are :mod:`retnet_mini.costs`'s.
     """
-    return n_layers * n_heads * (d_model // n_heads) * (value_dim // n_heads), 2 * n_layers * context * d_model
+    return (retnet_state_numbers(n_layers, n_heads, d_model // n_heads, value_dim // n_heads),
+            kv_cache_numbers(n_layers, d_model, context))
 
 
 def _state_case(g: torch.Generator) -> Dict[str, Any]:
-    H = [1, 2, 4, 8, 16][_randint(g, 0, 4)]
-    d = H * 2 * _randint(g, 1, 64)
-    value_dim = H * _randint(g, 1, 128) if _randint(g, 0, 1) else 2 * d
-    return dict(d_model=d, n_heads=H, value_dim=value_dim, n_layers=_randint(g, 1, 32), context=_randint(g, 1, 8192))
+    H = pick(g, [1, 2, 4, 8, 16])
+    d = H * 2 * randint(g, 1, 64)
+    value_dim = H * randint(g, 1, 128) if randint(g, 0, 1) else 2 * d
+    return dict(d_model=d, n_heads=H, value_dim=value_dim, n_layers=randint(g, 1, 32), context=randint(g, 1, 8192))
 
 
 def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: int = 25) -> None:
@@ -145,18 +142,18 @@ def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: 
                     hint = "\n  hint: the cache holds a key AND a value per position and layer."
                 shown = f"{g_:,}" if float(g_).is_integer() else repr(g_)
                 raise ExerciseError(f"{name}: {label}: got {shown}, expected {w:,}\n  on {case}{note}{hint}")
-    print(f"{name}: correct on all {n} random cases.")
+    success(name, n)
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 3: the gate, as a log-decay
 # ---------------------------------------------------------------------------------------------
 def _gate_case(g: torch.Generator) -> Dict[str, Any]:
-    B, T, d, H = _randint(g, 1, 3), _randint(g, 1, 9), _randint(g, 1, 8), _randint(g, 1, 4)
-    x = torch.randn(B, T, d, generator=g, dtype=torch.float64)
-    w = torch.randn(d, H, generator=g, dtype=torch.float64) * 10 ** (_randint(g, 0, 4) - 1)   # some gates saturate
-    b = torch.randn(H, generator=g, dtype=torch.float64) * 4
-    tau = [16.0, 16.0, 1.0, 4.0][_randint(g, 0, 3)]
+    B, T, d, H = randint(g, 1, 3), randint(g, 1, 9), randint(g, 1, 8), randint(g, 1, 4)
+    x = randn(g, B, T, d)
+    w = randn(g, d, H) * 10 ** (randint(g, 0, 4) - 1)   # some gates saturate
+    b = randn(g, H) * 4
+    tau = pick(g, [16.0, 16.0, 1.0, 4.0])
     return dict(x=x, w=w, b=b, tau=tau)
 
 
@@ -188,9 +185,9 @@ def check_gate_log_decay(gate_log_decay: Callable[..., Tensor], n_cases: int = 2
 # Exercise 4: accuracy on the answers only
 # ---------------------------------------------------------------------------------------------
 def _accuracy_case(g: torch.Generator) -> Dict[str, Any]:
-    B, T, V = _randint(g, 1, 4), _randint(g, 2, 12), _randint(g, 2, 9)
+    B, T, V = randint(g, 1, 4), randint(g, 2, 12), randint(g, 2, 9)
     targets = torch.randint(0, V, (B, T), generator=g)
-    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    logits = randn(g, B, T, V)
     right = torch.rand(B, T, generator=g) < 0.5          # make about half the predictions right
     logits[right] = logits[right].scatter(-1, targets[right][:, None], 10.0)
     mask = torch.rand(B, T, generator=g) < 0.4

@@ -16,15 +16,15 @@ value with its case and position, plus a hint when the answer matches a known mi
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..training import TrainConfig, lr_at, unigram_entropy
-from . import (ExerciseError, _two_numbers, call_answer, copy_case, mutation_note, random_cases, to_tensor,
-               tolerances, wrong_type)
+from . import (ExerciseError, _describe_case, _two_numbers, call_answer, copy_case, first_hint, mutation_note, pick,
+               randint, randn, random_cases, success, to_tensor, tolerances, uniform, wrong_type)
 
 __all__ = ["check_next_char_loss", "check_lr_at", "check_unigram_entropy", "check_loss_units"]
 
@@ -32,28 +32,9 @@ DTYPE = torch.float64
 LN2 = math.log(2.0)
 
 
-def _int(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high] (both included), drawn from ``g``."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _uniform(g: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=g, dtype=DTYPE))
-
-
-def _pick(g: torch.Generator, options: Sequence[Any]) -> Any:
-    return options[_int(g, 0, len(options) - 1)]
-
-
 def _describe(case: Dict[str, Any]) -> str:
-    parts = []
-    for k, v in case.items():
-        if isinstance(v, Tensor):
-            extra = f", max |value| {v.abs().max().item():.3g}" if v.is_floating_point() and v.numel() else ""
-            parts.append(f"{k}: shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}{extra}")
-        else:
-            parts.append(f"{k}={v!r}")
-    return ", ".join(parts)
+    """The case, with the largest |value| of each float tensor: large logits are why a naive softmax overflows."""
+    return _describe_case(case, largest=True)
 
 
 Output = Tuple[Tensor, torch.dtype]     # an output as float64, and the dtype it was computed in
@@ -79,27 +60,6 @@ def _as_tensors(out: Any, n_outputs: int, name: str, case: Dict[str, Any], scala
     return tuple(result)
 
 
-def _call(answer: Callable[..., Any], case: Dict[str, Any], name: str) -> Tuple[Any, List[str]]:
-    """The answer's output on a copy of ``case`` (call it after the reference), and the inputs it changed."""
-    return call_answer(answer, case, name, describe=_describe)
-
-
-def _agrees(answer: Callable[..., Any], variant: Callable[..., Any], cases: List[Dict[str, Any]],
-            n_outputs: int, scalar: bool, rtol: float, atol: float) -> bool:
-    """Whether the answer gives the same outputs as a known wrong variant on every case."""
-    try:
-        for case in cases:
-            want = _as_tensors(variant(**copy_case(case)), n_outputs, "hint", case, scalar)
-            got = _as_tensors(_call(answer, case, "hint")[0], n_outputs, "hint", case, scalar)
-            for (g, dtype), (w, _) in zip(got, want):
-                r, a = tolerances(dtype, rtol, atol)
-                if g.shape != w.shape or not torch.isclose(g, w, rtol=r, atol=a, equal_nan=True).all():
-                    return False
-        return True
-    except Exception:
-        return False
-
-
 def _check(
     answer: Callable[..., Any],
     reference: Callable[..., Any],
@@ -118,9 +78,10 @@ def _check(
     (:func:`retnet_mini.exercises.tolerances`), relative to each entry: these outputs are single numbers
     or computed entry by entry."""
     cases = list(cases)
+    options = dict(n_outputs=n_outputs, scalar=scalar, rtol=rtol, atol=atol)   # to compare with the hints' variants
     for case in cases:
         want = _as_tensors(reference(**copy_case(case)), n_outputs, name, case, scalar)   # first, on its own copy
-        out, changed = _call(answer, case, name)
+        out, changed = call_answer(answer, case, name, describe=_describe)
         note = mutation_note(changed)
         try:
             got = _as_tensors(out, n_outputs, name, case, scalar)
@@ -138,10 +99,9 @@ def _check(
                 where = f" at index {index}" if g.dim() else ""
                 message = (f"{name}: {what} is not finite ({g[index].item()}){where}, expected "
                            f"{w[index].item():.10g}\n  on {_describe(case)}{note}")
-                hint = next((h for v, h in hints if _agrees(answer, v, cases, n_outputs, scalar, rtol, atol)),
-                            nonfinite_hint)
+                hint = first_hint(hints, _check, answer, cases, **options) or nonfinite_hint
                 raise ExerciseError(message + (f"\n  hint: {hint}" if hint else ""))
-            close = torch.isclose(g, w, rtol=r, atol=a)
+            close = torch.isclose(g, w, rtol=r, atol=a, equal_nan=True)    # nan as a hint's variant gives it
             if not close.all():
                 index = tuple(int(j) for j in (~close).nonzero()[0]) if g.dim() else ()
                 where = f" at index {index}" if g.dim() else ""
@@ -150,14 +110,9 @@ def _check(
                 if g.dim():
                     message += f" ({int((~close).sum())} of {close.numel()} entries differ)"
                 message += f"\n  on {_describe(case)}{note}"
-                for variant, hint in hints:
-                    if _agrees(answer, variant, cases, n_outputs, scalar, rtol, atol):
-                        message += f"\n  hint: {hint}"
-                        break
-                raise ExerciseError(message)
-    message = f"{name}: correct on all {len(cases)} random cases."
-    print(message)
-    return message
+                hint = first_hint(hints, _check, answer, cases, **options)
+                raise ExerciseError(message + (f"\n  hint: {hint}" if hint else ""))
+    return success(name, len(cases))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,9 +128,9 @@ def reference_next_char_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def _loss_case(g: torch.Generator) -> Dict[str, Any]:
-    B, T, V = _int(g, 1, 3), _int(g, 1, 16), _int(g, 2, 110)
-    scale = _pick(g, [1.0, 1.0, 5.0, 1000.0])   # 1000: exp overflows in float64 unless the max is subtracted
-    return {"logits": scale * torch.randn(B, T, V, generator=g, dtype=DTYPE),
+    B, T, V = randint(g, 1, 3), randint(g, 1, 16), randint(g, 2, 110)
+    scale = pick(g, [1.0, 1.0, 5.0, 1000.0])   # 1000: exp overflows in float64 unless the max is subtracted
+    return {"logits": scale * randn(g, B, T, V),
             "targets": torch.randint(0, V, (B, T), generator=g)}
 
 
@@ -215,18 +170,18 @@ def reference_lr_at(step: int, steps: int, lr: float, min_lr: float, warmup_step
 
 
 def _lr_case(g: torch.Generator) -> Dict[str, Any]:
-    steps = _int(g, 3, 3000)
-    warmup_steps = _pick(g, [0, 1, _int(g, 1, steps - 2), _int(g, 1, max(1, steps // 5))])
-    lr = 10 ** _uniform(g, -4.5, -2)
-    min_lr = _pick(g, [0.0, lr / 10, lr * _uniform(g, 0, 1)])
-    kind = _pick(g, ["first", "warmup", "end of warmup", "middle", "last", "any", "any"])
+    steps = randint(g, 3, 3000)
+    warmup_steps = pick(g, [0, 1, randint(g, 1, steps - 2), randint(g, 1, max(1, steps // 5))])
+    lr = 10 ** float(uniform(g, -4.5, -2))
+    min_lr = pick(g, [0.0, lr / 10, lr * float(uniform(g, 0, 1))])
+    kind = pick(g, ["first", "warmup", "end of warmup", "middle", "last", "any", "any"])
     step = {
         "first": 0,
-        "warmup": _int(g, 0, max(0, warmup_steps - 1)),
+        "warmup": randint(g, 0, max(0, warmup_steps - 1)),
         "end of warmup": warmup_steps,
         "middle": (warmup_steps + steps - 1) // 2,
         "last": steps - 1,
-        "any": _int(g, 0, steps - 1),
+        "any": randint(g, 0, steps - 1),
     }[kind]
     return {"step": step, "steps": steps, "lr": lr, "min_lr": min_lr, "warmup_steps": warmup_steps}
 
@@ -270,9 +225,9 @@ def reference_unigram_entropy(ids: Tensor) -> float:
 
 
 def _entropy_case(g: torch.Generator) -> Dict[str, Any]:
-    V, N = _int(g, 1, 120), _int(g, 1, 3000)
-    weights = torch.randn(V, generator=g, dtype=DTYPE).mul(_uniform(g, 0.0, 3.0)).exp()
-    if V > 3 and _int(g, 0, 1):
+    V, N = randint(g, 1, 120), randint(g, 1, 3000)
+    weights = randn(g, V).mul(float(uniform(g, 0.0, 3.0))).exp()
+    if V > 3 and randint(g, 0, 1):
         weights[torch.randperm(V, generator=g)[: V // 3]] = 0.0   # ids that never occur
     ids = torch.multinomial(weights, N, replacement=True, generator=g)
     return {"ids": ids}
@@ -315,7 +270,7 @@ def reference_loss_units(loss: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _units_case(g: torch.Generator) -> Dict[str, Any]:
-    shape = tuple(_int(g, 1, 4) for _ in range(_int(g, 0, 2)))
+    shape = tuple(randint(g, 1, 4) for _ in range(randint(g, 0, 2)))
     return {"loss": torch.rand(shape, generator=g, dtype=DTYPE) * 6}
 
 
