@@ -10,13 +10,7 @@ from retnet_mini.tasks import (FILLER, SEPARATOR, copy_task, evaluate_on_task, m
                                masked_cross_entropy, mqar, mqar_vocab, train_on_task)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: one thread beats two that wait on each other (and on a busy CI machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: one thread (tests/conftest.py)
 
 
 def gen(seed=0):

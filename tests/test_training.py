@@ -93,13 +93,7 @@ CFG = TrainConfig(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: one thread beats two that wait on each other (and on a busy CI machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: one thread (tests/conftest.py)
 
 
 def same_run(a: History, b: History) -> bool:

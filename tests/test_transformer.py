@@ -7,13 +7,7 @@ from retnet_mini.model import RetNetConfig, RetNetLM
 from retnet_mini.transformer import KVCache, TransformerConfig, TransformerLM, matching_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: intra-op threads only add spin-waiting (2-3x the CPU time on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: one thread (tests/conftest.py)
 
 
 @pytest.fixture

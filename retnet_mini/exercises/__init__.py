@@ -29,7 +29,8 @@ import contextlib
 import copy
 import io
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class ExerciseError(AssertionError):
     """The reader's answer is wrong; the message says how."""
 
 
-def random_cases(make_case: Callable[[torch.Generator], Dict[str, Any]], n_cases: int = 25, seed: int = 0):
+def random_cases(make_case: Callable[[torch.Generator], dict[str, Any]], n_cases: int = 25, seed: int = 0):
     """Yield ``n_cases`` keyword-argument dicts drawn by ``make_case(generator)`` with a fixed seed."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(n_cases):
@@ -85,10 +86,10 @@ def uniform(g: torch.Generator, low: float, high: float, *shape: int) -> Tensor:
 #: rejects one off by more than 1 part in 10,000 (tests/test_exercise_checkers.py checks both). Half
 #: precision rounds at 2^-11 (float16) and 2^-8 (bfloat16): such an answer is checked to about 2 digits.
 #: A checker's own tolerance (for float64 answers) applies when it is looser; exact checks stay exact.
-LOW_PRECISION_RTOL: Dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+LOW_PRECISION_RTOL: dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-def tolerances(dtype: torch.dtype, rtol: float, atol: float, scale: float = 0.0) -> Tuple[float, float]:
+def tolerances(dtype: torch.dtype, rtol: float, atol: float, scale: float = 0.0) -> tuple[float, float]:
     """``(rtol, atol)`` for an answer of ``dtype``, given the checker's tolerance for float64 answers.
 
     For float32 and half precision: at least :data:`LOW_PRECISION_RTOL` relative to each expected entry
@@ -115,7 +116,7 @@ def _float_dtype(x: float) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------
 # What the answer returned: conversions, and plain words for the wrong types.
 # ---------------------------------------------------------------------------------------------
-def to_tensor(x: Any) -> Optional[Tensor]:
+def to_tensor(x: Any) -> Tensor | None:
     """``x`` as a CPU tensor (detached), from a tensor, a numpy array or number, or a Python int, float or
     complex; None for anything else (None, a list, a string, a bool, ...), for the caller to report."""
     if isinstance(x, Tensor):
@@ -171,7 +172,7 @@ def wrong_type(got: Any, expected: str, what: str = "the output") -> str:
 
 
 def as_number(got: Any, name: str, where: str = "", expected: str = "a number",
-              what: str = "the output") -> Tuple[Number, torch.dtype]:
+              what: str = "the output") -> tuple[Number, torch.dtype]:
     """``got`` as a Python int or float, from an int, a float, a numpy number or a 0-dim tensor, with the
     dtype it was computed in (see :func:`tolerances`); an :class:`ExerciseError` says what else it is."""
     if isinstance(got, int) and not isinstance(got, bool):
@@ -184,7 +185,7 @@ def as_number(got: Any, name: str, where: str = "", expected: str = "a number",
     return t.item(), t.dtype
 
 
-def _two_numbers(got: float, want: float, digits: int = 6) -> Tuple[str, str]:
+def _two_numbers(got: float, want: float, digits: int = 6) -> tuple[str, str]:
     """``got`` and ``want`` with ``digits`` significant digits, or more when that would print them equal."""
     for d in (digits, 10, 17):
         a, b = f"{got:.{d}g}", f"{want:.{d}g}"
@@ -204,7 +205,7 @@ def _copy(value: Any) -> Any:
     return copy.deepcopy(value)                         # a model, a list, ...: its own copy
 
 
-def copy_case(case: Dict[str, Any]) -> Dict[str, Any]:
+def copy_case(case: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``case`` that a function may change freely (tensors cloned, models deep-copied)."""
     return {k: _copy(v) for k, v in case.items()}
 
@@ -222,7 +223,7 @@ def _same(a: Any, b: Any) -> bool:
     return True                                         # numbers and strings cannot change in place
 
 
-def changed_inputs(original: Dict[str, Any], given: Dict[str, Any]) -> List[str]:
+def changed_inputs(original: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """The names of the inputs a function changed in place: where its copy ``given`` differs from ``original``."""
     return [k for k in original if not _same(original[k], given[k])]
 
@@ -237,7 +238,7 @@ def mutation_note(changed: Sequence[str]) -> str:
             "compute new tensors (x = x + ..., or work on x.clone()).")
 
 
-def _describe_case(case: Dict[str, Any], largest: bool = False) -> str:
+def _describe_case(case: dict[str, Any], largest: bool = False) -> str:
     """A case, for a message: each tensor's shape and dtype (``largest``: and the largest ``|value|`` of a
     float tensor, where the size of the inputs is the reason an answer overflows), other values as reprs."""
     parts = []
@@ -251,7 +252,7 @@ def _describe_case(case: Dict[str, Any], largest: bool = False) -> str:
     return ", ".join(parts)
 
 
-def describe_numbers(case: Dict[str, Any]) -> str:
+def describe_numbers(case: dict[str, Any]) -> str:
     """A case of numbers, for a message: ints with thousands separators (``d_model=4,096``), floats to 6
     significant digits, anything else as its repr."""
     def one(k: str, v: Any) -> str:
@@ -268,8 +269,8 @@ def require_function(answer: Any, name: str) -> None:
                             f"not its result; got {_kind(answer)}")
 
 
-def call_answer(answer: Callable[..., Any], case: Dict[str, Any], name: str,
-                describe: Callable[[Dict[str, Any]], str] = _describe_case) -> Tuple[Any, List[str]]:
+def call_answer(answer: Callable[..., Any], case: dict[str, Any], name: str,
+                describe: Callable[[dict[str, Any]], str] = _describe_case) -> tuple[Any, list[str]]:
     """Call ``answer(**case)`` on a copy of ``case``: its output, and the inputs it changed in place.
 
     Call it after computing the reference. A crash becomes an :class:`ExerciseError` that names the input;
@@ -292,12 +293,12 @@ def call_answer(answer: Callable[..., Any], case: Dict[str, Any], name: str,
 def compare(
     answer: Callable[..., Any],
     reference: Callable[..., Any],
-    cases: Iterable[Dict[str, Any]],
+    cases: Iterable[dict[str, Any]],
     name: str,
     rtol: float = 1e-7,
     atol: float = 1e-9,
     elementwise: bool = False,
-    outputs: Optional[Sequence[Tuple[str, float, float]]] = None,
+    outputs: Sequence[tuple[str, float, float]] | None = None,
 ) -> str:
     """Run ``reference(**case)`` then ``answer(**case)`` on every case; raise on the first difference.
 
@@ -328,8 +329,8 @@ def success(name: str, n_cases: int, detail: str = "") -> str:
     return message
 
 
-def first_hint(hints: Sequence[Tuple[Callable[..., Any], str]], check: Callable[..., Any],
-               answer: Callable[..., Any], cases: List[Dict[str, Any]], **options: Any) -> str:
+def first_hint(hints: Sequence[tuple[Callable[..., Any], str]], check: Callable[..., Any],
+               answer: Callable[..., Any], cases: list[dict[str, Any]], **options: Any) -> str:
     """The hint of the first known wrong variant in ``hints`` (pairs of a variant function and its hint) that
     ``answer`` agrees with on every case, "" if none: the one for which ``check(answer, variant, cases,
     "hint", **options)``, the checker's own comparison with the variant as the reference, passes."""
@@ -346,9 +347,9 @@ def first_hint(hints: Sequence[Tuple[Callable[..., Any], str]], check: Callable[
 def compare_with_hints(
     answer: Callable[..., Any],
     reference: Callable[..., Any],
-    cases: Iterable[Dict[str, Any]],
+    cases: Iterable[dict[str, Any]],
     name: str,
-    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
+    hints: Sequence[tuple[Callable[..., Any], str]] = (),
     **options: Any,
 ) -> None:
     """:func:`compare` (prints one success line); on failure, adds a hint when the answer gives the same
@@ -420,12 +421,12 @@ def _precision_note(got: float, want: float, dtype: torch.dtype, what: str = "ou
 def compare_numbers(
     answer: Callable[..., Any],
     reference: Callable[..., Number],
-    cases: Iterable[Dict[str, Any]],
+    cases: Iterable[dict[str, Any]],
     name: str,
-    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
+    hints: Sequence[tuple[Callable[..., Any], str]] = (),
     integer: bool = False,
     rel_tol: float = 1e-12,
-    describe: Callable[[Dict[str, Any]], str] = _describe_case,
+    describe: Callable[[dict[str, Any]], str] = _describe_case,
 ) -> str:
     """:func:`compare` for answers that are one number per case (an int, a float, a numpy number or a
     0-dim tensor); ``integer``: a whole number, compared exactly. On a mismatch, adds the hint of the

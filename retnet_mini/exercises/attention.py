@@ -12,7 +12,7 @@ a query at position ``n`` sees keys ``m <= n``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -9,7 +9,8 @@ it raises :class:`ExerciseError` saying what is wrong, with a hint when the answ
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ __all__ = ["check_gated_output", "check_head_rmsnorm", "check_param_count", "blo
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: the gated output
 # ---------------------------------------------------------------------------------------------
-def _gate_case(g: torch.Generator) -> Dict[str, Any]:
+def _gate_case(g: torch.Generator) -> dict[str, Any]:
     B, T, d, V = randint(g, 1, 3), randint(g, 1, 6), randint(g, 1, 8), randint(g, 1, 12)
     return dict(x=randn(g, B, T, d), y=randn(g, B, T, V), w_g=randn(g, d, V), w_o=randn(g, V, d))
 
@@ -55,7 +56,7 @@ def check_gated_output(gated_output: Callable[..., Tensor], n_cases: int = 25) -
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: a per-head RMSNorm
 # ---------------------------------------------------------------------------------------------
-def _norm_case(g: torch.Generator) -> Dict[str, Any]:
+def _norm_case(g: torch.Generator) -> dict[str, Any]:
     B, T, H, d_v = randint(g, 1, 3), randint(g, 1, 5), randint(g, 1, 4), randint(g, 1, 8)
     scale = 10 ** (4 * torch.rand(H, generator=g, dtype=torch.float64) - 2)        # heads of very different sizes
     y = (randn(g, B, T, H, d_v) * scale[:, None]).reshape(B, T, H * d_v)
@@ -114,7 +115,7 @@ def block_linear_weights(d_model: int, value_dim: int, ffn_dim: int, glu: bool) 
     return sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
 
 
-def _count_case(g: torch.Generator) -> Dict[str, Any]:
+def _count_case(g: torch.Generator) -> dict[str, Any]:
     if randint(g, 0, 3) == 0:             # the paper's shape: value_dim = ffn_dim = 2 d
         d = 2 * randint(g, 1, 96)
         return dict(d_model=d, value_dim=2 * d, ffn_dim=2 * d, glu=False)

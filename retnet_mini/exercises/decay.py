@@ -13,7 +13,8 @@ known mistake.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -32,15 +33,15 @@ def _log_decay(g: torch.Generator, n_heads: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: half-life and effective span
 # ---------------------------------------------------------------------------------------------
-def _memory_case(g: torch.Generator) -> Dict[str, Any]:
+def _memory_case(g: torch.Generator) -> dict[str, Any]:
     return dict(log_decay=_log_decay(g, randint(g, 1, 8)), tol=float(10 ** uniform(g, -6.0, -0.5, 1)))
 
 
-def _memory_reference(log_decay: Tensor, tol: float) -> Tuple[Tensor, Tensor]:
+def _memory_reference(log_decay: Tensor, tol: float) -> tuple[Tensor, Tensor]:
     return half_life(log_decay), effective_span(log_decay, tol)
 
 
-def check_memory(memory: Callable[..., Tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
+def check_memory(memory: Callable[..., tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
     """Check ``memory(log_decay, tol) -> (half_life, span)``.
 
     ``log_decay: (H,)`` float64, ``ln(gamma)`` per head, all ``< 0``; ``tol`` in (0, 1). Returns two ``(H,)``
@@ -81,7 +82,7 @@ def half_life_schedule_reference(n_heads: int, shortest: float, longest: float) 
     return math.log(0.5) / lives
 
 
-def _schedule_case(g: torch.Generator) -> Dict[str, Any]:
+def _schedule_case(g: torch.Generator) -> dict[str, Any]:
     shortest = float(10 ** uniform(g, 0.0, 2.0, 1))                 # 1 to 100 tokens
     return dict(n_heads=randint(g, 1, 16), shortest=shortest,
                 longest=shortest * float(10 ** uniform(g, 0.3, 5.0, 1)))
@@ -118,7 +119,7 @@ def check_half_life_schedule(schedule: Callable[..., Tensor], n_cases: int = 25)
 # ---------------------------------------------------------------------------------------------
 # Exercise 3: the normalized decay matrix
 # ---------------------------------------------------------------------------------------------
-def _normalized_case(g: torch.Generator) -> Dict[str, Any]:
+def _normalized_case(g: torch.Generator) -> dict[str, Any]:
     H = randint(g, 1, 4)
     log_decay = _log_decay(g, H)
     if H > 1 and randint(g, 0, 3) == 0:
@@ -126,7 +127,7 @@ def _normalized_case(g: torch.Generator) -> Dict[str, Any]:
     return dict(log_decay=log_decay, length=randint(g, 1, 40))
 
 
-def _normalized_cases(n_cases: int) -> List[Dict[str, Any]]:
+def _normalized_cases(n_cases: int) -> list[dict[str, Any]]:
     cases = list(random_cases(_normalized_case, n_cases - 1, seed=53))
     # a long sequence with a fast head: gamma^(-m) overflows float64 near m = 1100 for gamma = 1/2
     cases.append(dict(log_decay=torch.tensor([math.log(0.5), math.log1p(-2.0 ** -20)], dtype=torch.float64),

@@ -14,7 +14,8 @@ hint when the answer matches a known mistake.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Tuple
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ def _random_log_decay(g: torch.Generator, n_heads: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: one recurrent step
 # ---------------------------------------------------------------------------------------------
-def _step_case(g: torch.Generator) -> Dict[str, Any]:
+def _step_case(g: torch.Generator) -> dict[str, Any]:
     B, H, d_k, d_v = randint(g, 1, 3), randint(g, 1, 4), randint(g, 1, 6), randint(g, 1, 6)
     return dict(
         q_n=randn(g, B, H, d_k), k_n=randn(g, B, H, d_k), v_n=randn(g, B, H, d_v),
@@ -63,7 +64,7 @@ def _step_no_decay(q_n, k_n, v_n, log_decay, state):
     return (q_n[..., None, :] @ new_state)[..., 0, :], new_state
 
 
-def check_recurrent_step(step: Callable[..., Tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
+def check_recurrent_step(step: Callable[..., tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
     """Check ``step(q_n, k_n, v_n, log_decay, state) -> (o_n, new_state)``.
 
     Shapes: ``q_n, k_n: (B, H, d_k)``, ``v_n: (B, H, d_v)``, ``log_decay: (H,)`` (ln gamma per head),
@@ -80,7 +81,7 @@ def check_recurrent_step(step: Callable[..., Tuple[Tensor, Tensor]], n_cases: in
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: the chunkwise form with one loop over chunks
 # ---------------------------------------------------------------------------------------------
-def _chunk_case(g: torch.Generator) -> Dict[str, Any]:
+def _chunk_case(g: torch.Generator) -> dict[str, Any]:
     B, H, d_k, d_v = randint(g, 1, 2), randint(g, 1, 3), randint(g, 1, 5), randint(g, 1, 5)
     T = randint(g, 1, 40)
     kind = randint(g, 0, 3)
@@ -121,7 +122,7 @@ def _chunk_variant(q, k, v, log_decay, chunk_size, zeta: bool = True, own_length
     return torch.cat(outputs, dim=2), R
 
 
-def check_chunkwise(chunkwise: Callable[..., Tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
+def check_chunkwise(chunkwise: Callable[..., tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
     """Check ``chunkwise(q, k, v, log_decay, chunk_size) -> (o, state)``.
 
     Shapes: ``q, k: (B, H, T, d_k)``, ``v: (B, H, T, d_v)``, ``log_decay: (H,)``; ``chunk_size >= 1``
@@ -151,7 +152,7 @@ def padded_decay_reference(log_decay: Tensor, pad: Tensor, length: int) -> Tenso
     return torch.where(allowed[:, None], exponent, float("-inf")).exp()
 
 
-def _pad_case(g: torch.Generator) -> Dict[str, Any]:
+def _pad_case(g: torch.Generator) -> dict[str, Any]:
     B, H, T = randint(g, 1, 4), randint(g, 1, 3), randint(g, 1, 24)
     pad = torch.randint(0, T, (B,), generator=g)
     if B > 1:

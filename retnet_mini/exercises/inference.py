@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Dict
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ __all__ = ["check_flop_crossover", "check_greedy_decode", "check_decode_throughp
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: where attention's step costs more FLOPs than retention's
 # ---------------------------------------------------------------------------------------------
-def _flop_case(g: torch.Generator) -> Dict[str, Any]:
+def _flop_case(g: torch.Generator) -> dict[str, Any]:
     kind = randint(g, 0, 2)
     if kind == 0:                      # the paper's shapes: h d_k = d, d_v = 2 d_k (an exact tie at n = 2 d_k)
         key_head_dim = pick(g, [32, 64, 128, 256])
@@ -73,7 +74,7 @@ def check_flop_crossover(flop_crossover: Callable[..., Any], n_cases: int = 25) 
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: a greedy decoding loop with the recurrent state
 # ---------------------------------------------------------------------------------------------
-def _decode_case(g: torch.Generator, index: int) -> Dict[str, Any]:
+def _decode_case(g: torch.Generator, index: int) -> dict[str, Any]:
     d_model = pick(g, [8, 16, 24, 32])
     n_heads = pick(g, [h for h in (1, 2, 4) if d_model % h == 0 and (d_model // h) % 2 == 0])
     vocab = randint(g, 5, 40)
@@ -87,7 +88,7 @@ def _decode_case(g: torch.Generator, index: int) -> Dict[str, Any]:
     return dict(model=model, prompt=prompt, max_new_tokens=randint(g, 1, 6))
 
 
-def _describe_decode(case: Dict[str, Any]) -> str:
+def _describe_decode(case: dict[str, Any]) -> str:
     c = case["model"].config
     return (f"a RetNetLM (vocab_size {c.vocab_size}, d_model {c.d_model}, n_heads {c.n_heads}, n_layers {c.n_layers}, "
             f"chunk_size {c.chunk_size}), prompt of shape {tuple(case['prompt'].shape)}, "
@@ -179,7 +180,7 @@ def check_greedy_decode(greedy_decode: Callable[..., Any], n_cases: int = 25) ->
 # ---------------------------------------------------------------------------------------------
 # Exercise 3: tokens per second of a decoding phase
 # ---------------------------------------------------------------------------------------------
-def _throughput_case(g: torch.Generator) -> Dict[str, Any]:
+def _throughput_case(g: torch.Generator) -> dict[str, Any]:
     per_token = 0.0 if randint(g, 0, 4) == 0 else 10 ** float(uniform(g, -9, -5))   # 0: RetNet's flat step
     return dict(batch=pick(g, [1, 1, 2, 4, 8, 16, 64]), prompt_len=randint(g, 1, 20_000),
                 new_tokens=randint(g, 1, 2_000), fixed_s=10 ** float(uniform(g, -4, -1)), per_token_s=per_token)

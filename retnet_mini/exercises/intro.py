@@ -11,7 +11,8 @@ expected value and, when the answer matches a known mistake, a hint.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +25,7 @@ __all__ = ["check_kv_cache_bytes", "check_state_bytes", "check_max_batch"]
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: the KV cache of one sequence
 # ---------------------------------------------------------------------------------------------
-def _cache_case(g: torch.Generator) -> Dict[str, Any]:
+def _cache_case(g: torch.Generator) -> dict[str, Any]:
     return dict(n_layers=randint(g, 1, 48), d_model=64 * randint(g, 1, 128),
                 context_len=randint(g, 1, 40_000), bytes_per_number=pick(g, [1, 2, 4]))
 
@@ -50,7 +51,7 @@ def check_kv_cache_bytes(kv_cache_bytes: Callable[..., Any], n_cases: int = 25) 
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: the RetNet state of one sequence
 # ---------------------------------------------------------------------------------------------
-def _state_case(g: torch.Generator) -> Dict[str, Any]:
+def _state_case(g: torch.Generator) -> dict[str, Any]:
     key_head_dim = pick(g, [32, 64, 128, 256])
     return dict(n_layers=randint(g, 1, 48), n_heads=randint(g, 1, 32), key_head_dim=key_head_dim,
                 value_head_dim=key_head_dim * pick(g, [1, 2, 2, 2]) + pick(g, [0, 0, 16]),
@@ -81,7 +82,7 @@ def check_state_bytes(state_bytes: Callable[..., Any], n_cases: int = 25) -> str
 # ---------------------------------------------------------------------------------------------
 # Exercise 3: how many sequences fit
 # ---------------------------------------------------------------------------------------------
-def _batch_case(g: torch.Generator) -> Dict[str, Any]:
+def _batch_case(g: torch.Generator) -> dict[str, Any]:
     gib = 2**30
     memory = pick(g, [16, 24, 40, 48, 80, 141]) * gib
     kind = randint(g, 0, 4)

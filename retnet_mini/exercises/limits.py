@@ -10,7 +10,8 @@ it raises :class:`ExerciseError` saying what is wrong, with a hint when the answ
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ def _subset(g: torch.Generator, population: int, size: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Exercise 1: one MQAR sequence
 # ---------------------------------------------------------------------------------------------
-def _mqar_case(g: torch.Generator) -> Dict[str, Any]:
+def _mqar_case(g: torch.Generator) -> dict[str, Any]:
     N = randint(g, 1, 6)
     Q = randint(g, 1, N)
     T = 2 * N + 2 * Q - 1 + randint(g, 0, 8)
@@ -58,7 +59,7 @@ def _mqar_targets_are_inputs(keys, values, queried, slots, seq_len):
     return x, x.clone(), mask
 
 
-def check_mqar_example(mqar_example: Callable[..., Tuple[Tensor, Tensor, Tensor]], n_cases: int = 25) -> None:
+def check_mqar_example(mqar_example: Callable[..., tuple[Tensor, Tensor, Tensor]], n_cases: int = 25) -> None:
     """Check ``mqar_example(keys, values, queried, slots, seq_len) -> (inputs, targets, loss_mask)``.
 
     ``keys, values``: ``(N,)`` int64; ``queried``: ``(Q,)`` pair indices in the order asked; ``slots``:
@@ -97,7 +98,7 @@ def check_mqar_example(mqar_example: Callable[..., Tuple[Tensor, Tensor, Tensor]
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: state and cache sizes
 # ---------------------------------------------------------------------------------------------
-def state_numbers_reference(d_model: int, n_heads: int, value_dim: int, n_layers: int, context: int) -> Tuple[int, int]:
+def state_numbers_reference(d_model: int, n_heads: int, value_dim: int, n_layers: int, context: int) -> tuple[int, int]:
     """``(RetNet state, Transformer KV cache)`` in numbers per sequence, all layers.
 
     RetNet: each layer holds one ``d_k x d_v`` matrix per head (``d_k = d_model / H``, ``d_v = value_dim /
@@ -108,14 +109,14 @@ def state_numbers_reference(d_model: int, n_heads: int, value_dim: int, n_layers
             kv_cache_numbers(n_layers, d_model, context))
 
 
-def _state_case(g: torch.Generator) -> Dict[str, Any]:
+def _state_case(g: torch.Generator) -> dict[str, Any]:
     H = pick(g, [1, 2, 4, 8, 16])
     d = H * 2 * randint(g, 1, 64)
     value_dim = H * randint(g, 1, 128) if randint(g, 0, 1) else 2 * d
     return dict(d_model=d, n_heads=H, value_dim=value_dim, n_layers=randint(g, 1, 32), context=randint(g, 1, 8192))
 
 
-def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: int = 25) -> None:
+def check_state_numbers(state_numbers: Callable[..., tuple[int, int]], n_cases: int = 25) -> None:
     """Check ``state_numbers(d_model, n_heads, value_dim, n_layers, context) -> (retnet, kv_cache)``: how many
     numbers a RetNet's recurrent state holds (whatever the context) and how many a Transformer's KV cache
     holds after ``context`` tokens, both per sequence, all layers."""
@@ -148,7 +149,7 @@ def check_state_numbers(state_numbers: Callable[..., Tuple[int, int]], n_cases: 
 # ---------------------------------------------------------------------------------------------
 # Exercise 3: the gate, as a log-decay
 # ---------------------------------------------------------------------------------------------
-def _gate_case(g: torch.Generator) -> Dict[str, Any]:
+def _gate_case(g: torch.Generator) -> dict[str, Any]:
     B, T, d, H = randint(g, 1, 3), randint(g, 1, 9), randint(g, 1, 8), randint(g, 1, 4)
     x = randn(g, B, T, d)
     w = randn(g, d, H) * 10 ** (randint(g, 0, 4) - 1)   # some gates saturate
@@ -184,7 +185,7 @@ def check_gate_log_decay(gate_log_decay: Callable[..., Tensor], n_cases: int = 2
 # ---------------------------------------------------------------------------------------------
 # Exercise 4: accuracy on the answers only
 # ---------------------------------------------------------------------------------------------
-def _accuracy_case(g: torch.Generator) -> Dict[str, Any]:
+def _accuracy_case(g: torch.Generator) -> dict[str, Any]:
     B, T, V = randint(g, 1, 4), randint(g, 2, 12), randint(g, 2, 9)
     targets = torch.randint(0, V, (B, T), generator=g)
     logits = randn(g, B, T, V)

@@ -16,7 +16,8 @@ value with its case and position, plus a hint when the answer matches a known mi
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +33,15 @@ DTYPE = torch.float64
 LN2 = math.log(2.0)
 
 
-def _describe(case: Dict[str, Any]) -> str:
+def _describe(case: dict[str, Any]) -> str:
     """The case, with the largest |value| of each float tensor: large logits are why a naive softmax overflows."""
     return _describe_case(case, largest=True)
 
 
-Output = Tuple[Tensor, torch.dtype]     # an output as float64, and the dtype it was computed in
+Output = tuple[Tensor, torch.dtype]     # an output as float64, and the dtype it was computed in
 
 
-def _as_tensors(out: Any, n_outputs: int, name: str, case: Dict[str, Any], scalar: bool) -> Tuple[Output, ...]:
+def _as_tensors(out: Any, n_outputs: int, name: str, case: dict[str, Any], scalar: bool) -> tuple[Output, ...]:
     """The output(s) as float64 tensors, each with the dtype it was computed in (for the tolerance); a
     clear error for a wrong type or count. Numpy arrays and numbers are converted."""
     where = f"\n  on {_describe(case)}"
@@ -63,9 +64,9 @@ def _as_tensors(out: Any, n_outputs: int, name: str, case: Dict[str, Any], scala
 def _check(
     answer: Callable[..., Any],
     reference: Callable[..., Any],
-    cases: Sequence[Dict[str, Any]],
+    cases: Sequence[dict[str, Any]],
     name: str,
-    hints: Sequence[Tuple[Callable[..., Any], str]] = (),
+    hints: Sequence[tuple[Callable[..., Any], str]] = (),
     nonfinite_hint: str = "",
     n_outputs: int = 1,
     scalar: bool = False,
@@ -127,7 +128,7 @@ def reference_next_char_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def _loss_case(g: torch.Generator) -> Dict[str, Any]:
+def _loss_case(g: torch.Generator) -> dict[str, Any]:
     B, T, V = randint(g, 1, 3), randint(g, 1, 16), randint(g, 2, 110)
     scale = pick(g, [1.0, 1.0, 5.0, 1000.0])   # 1000: exp overflows in float64 unless the max is subtracted
     return {"logits": scale * randn(g, B, T, V),
@@ -169,7 +170,7 @@ def reference_lr_at(step: int, steps: int, lr: float, min_lr: float, warmup_step
     return lr_at(step, TrainConfig(steps=steps, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps))
 
 
-def _lr_case(g: torch.Generator) -> Dict[str, Any]:
+def _lr_case(g: torch.Generator) -> dict[str, Any]:
     steps = randint(g, 3, 3000)
     warmup_steps = pick(g, [0, 1, randint(g, 1, steps - 2), randint(g, 1, max(1, steps // 5))])
     lr = 10 ** float(uniform(g, -4.5, -2))
@@ -224,7 +225,7 @@ def reference_unigram_entropy(ids: Tensor) -> float:
     return unigram_entropy(ids)
 
 
-def _entropy_case(g: torch.Generator) -> Dict[str, Any]:
+def _entropy_case(g: torch.Generator) -> dict[str, Any]:
     V, N = randint(g, 1, 120), randint(g, 1, 3000)
     weights = randn(g, V).mul(float(uniform(g, 0.0, 3.0))).exp()
     if V > 3 and randint(g, 0, 1):
@@ -264,17 +265,17 @@ def check_unigram_entropy(my_unigram_entropy: Callable[[Tensor], float], n_cases
 # ---------------------------------------------------------------------------------------------
 # 4. Units: nats per character -> bits per character and perplexity.
 # ---------------------------------------------------------------------------------------------
-def reference_loss_units(loss: Tensor) -> Tuple[Tensor, Tensor]:
+def reference_loss_units(loss: Tensor) -> tuple[Tensor, Tensor]:
     """``(bits per character, perplexity) = (loss / ln 2, exp(loss))`` elementwise, for a loss in nats."""
     return loss / LN2, loss.exp()
 
 
-def _units_case(g: torch.Generator) -> Dict[str, Any]:
+def _units_case(g: torch.Generator) -> dict[str, Any]:
     shape = tuple(randint(g, 1, 4) for _ in range(randint(g, 0, 2)))
     return {"loss": torch.rand(shape, generator=g, dtype=DTYPE) * 6}
 
 
-def check_loss_units(my_loss_units: Callable[[Tensor], Tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
+def check_loss_units(my_loss_units: Callable[[Tensor], tuple[Tensor, Tensor]], n_cases: int = 25) -> None:
     """``my_loss_units(loss) -> (bits_per_char, perplexity)``, elementwise, same shape as ``loss``."""
     hints = [
         (lambda loss: (loss * LN2, loss.exp()),
