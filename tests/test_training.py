@@ -573,15 +573,19 @@ def test_ctrl_c_inside_the_update_waits_for_it_to_finish(tmp_path: Path) -> None
         if len(updates) == 4:
             os.kill(os.getpid(), signal.SIGINT)  # arrives during the optimizer's step, before its end
 
+    # Python's own Ctrl-C handler, as in a terminal or a notebook: a test runner started in the background
+    # (nohup, `cmd &`) inherits SIGINT ignored, and then there is no Ctrl-C to hold.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     handle = register_optimizer_step_post_hook(sigint_at_update_4)
     try:
         with pytest.raises(KeyboardInterrupt):
             train(tiny(seed=5), TRAIN, VAL, CFG, checkpoint_path=path, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
     finally:
         handle.remove()
+        signal.signal(signal.SIGINT, previous)
     payload = load_checkpoint(path, tiny())
     assert payload["step"] == 4 and payload["history"]["val_steps"] == [0]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
     assert same_run(train(tiny(seed=0), TRAIN, VAL, CFG, checkpoint_path=path, progress=False), straight)
 
 
