@@ -1,8 +1,6 @@
 """The RetNet language model: config with two presets, the model, generation, weight conversion."""
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -22,19 +20,14 @@ from .layers import (
 )
 from .retention import state_dtype
 from .rotation import check_position, rotation_tables
+from ._checks import check_bool as check_flag  # noqa: F401 (also the Transformer config's)
+from ._checks import check_real
 from .sampling import check_generate_args, decode_loop
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks shared by the configs of both models.
 # ---------------------------------------------------------------------------------------------
-def check_flag(name: str, value) -> bool:
-    """A real bool: ``bias="no"`` is a non-empty string, so truthy; it must not quietly mean True."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
-    return value
-
-
 def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -43,9 +36,7 @@ def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
 
 def check_eps(name: str, value) -> float:
     """A norm's epsilon: a finite real number >= 0 (NaN would pass a plain ``value < 0`` test)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_real(name, value, 0)
 
 
 @dataclass(frozen=True)

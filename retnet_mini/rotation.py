@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = ["rope_theta", "torchscale_theta", "rotate_every_two", "swap_pairs", "rotation_tables", "apply_rotation",
            "rotate", "rotate_complex"]
 
@@ -49,12 +51,10 @@ def swap_pairs(x: Tensor) -> Tensor:
 
 
 def check_position(name: str, value: object) -> int:
-    """``value`` if it is a Python int >= 0 (a position or a count of positions), else a ValueError naming
-    ``name``. Bools, floats and tensors are refused: ``torch.arange(1.5, ...)`` would quietly rotate by
-    fractional positions."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0 (a position), got {value!r} ({type(value).__name__})")
-    return value
+    """``value`` if it is an int >= 0 (a position or a count of positions), else an error naming ``name``.
+    Bools, floats and tensors are refused: ``torch.arange(1.5, ...)`` would quietly rotate by fractional
+    positions."""
+    return check_int(name, value, 0)
 
 
 def rotation_tables(theta: Tensor, offset: int, length: int, dtype: torch.dtype,

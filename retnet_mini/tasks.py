@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int, check_real
+
 __all__ = [
     "FILLER",
     "SEPARATOR",
@@ -51,18 +53,12 @@ SEPARATOR = 0   # copying: the token between the string and its copy
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum)
 
 
-def _finite(name: str, value, minimum: float = 0.0, strict: bool = False) -> float:
-    """A finite real number >= minimum (> minimum if ``strict``), else a ValueError naming ``name``."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > minimum if strict else value >= minimum))
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
-    return float(value)
+def _finite(name: str, value, minimum: float = 0, strict: bool = False) -> float:
+    """A finite real number >= minimum (> minimum if ``strict``), else an error naming ``name``."""
+    return check_real(name, value, minimum, low_open=strict)
 
 
 def _check_generator(generator) -> None:
