@@ -12,7 +12,15 @@ Layers of the package, bottom to top (imports go one way):
 - :mod:`retnet_mini.tasks`: synthetic probes (associative recall, copying);
 - :mod:`retnet_mini.bench`: benchmarks (`python -m retnet_mini.bench NAME`);
 - :mod:`retnet_mini.costs`, :mod:`retnet_mini.widgets`, :mod:`retnet_mini.exercises`: what the book uses.
+
+Importing the package tells glibc's malloc to keep large freed buffers for reuse, so that a recurrent
+step or a chunkwise call does not page-fault on fresh memory every time (:mod:`retnet_mini._allocator`;
+``RETNET_MINI_KEEP_FREED_MEMORY=0`` refuses it).
 """
+from . import _allocator
+
+_allocator._at_import()
+
 from .decay import decay_matrix, experiment_log_decay, paper_log_decay
 from .retention import (
     chunkwise_retention,

@@ -214,6 +214,7 @@ class MultiScaleRetention(nn.Module):
         return self.out_proj(y.reshape(B, T, -1).to(activations)), state
 
 
+@_kernels._outside_autocast
 def retention(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, mode: str, state: Tensor | None = None,
     chunk_size: int = 64, inplace: bool = False,
@@ -225,10 +226,6 @@ def retention(
     dtype): the unchecked kernels of ``retention.py``, with autocast off (under autocast their matrix
     products would be cast back to half precision). ``inplace`` (recurrent, no autograd): update ``state``.
     """
-    device = q.device.type
-    if torch.is_autocast_enabled(device):
-        with torch.autocast(device, enabled=False):
-            return retention(q, k, v, log_decay, mode=mode, state=state, chunk_size=chunk_size, inplace=inplace)
     if mode == "recurrent":
         return _kernels._recurrent(q, k, v, log_decay, state, inplace=inplace and state is not None)
     if mode == "chunkwise":

@@ -20,25 +20,13 @@ from .layers import (
 )
 from .retention import state_dtype
 from .rotation import check_position, rotation_tables
-from ._checks import check_bool as check_flag  # noqa: F401 (also the Transformer config's)
-from ._checks import check_real
+from ._checks import check_bool, check_choice, check_real
 from .sampling import check_generate_args, decode_loop
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks shared by the configs of both models.
 # ---------------------------------------------------------------------------------------------
-def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def check_eps(name: str, value) -> float:
-    """A norm's epsilon: a finite real number >= 0 (NaN would pass a plain ``value < 0`` test)."""
-    return check_real(name, value, 0)
-
-
 @dataclass(frozen=True)
 class RetNetConfig:
     """Shape and design choices of a :class:`RetNetLM`.
@@ -79,10 +67,10 @@ class RetNetConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RetNetConfig.{name} must be a positive int, got {value!r}")
         for name in ("bias", "gate", "rescale", "tie_embeddings"):
-            check_flag(f"RetNetConfig.{name}", getattr(self, name))
+            check_bool(f"RetNetConfig.{name}", getattr(self, name))
         for name, allowed in (("norm", NORMS), ("head_norm", HEAD_NORMS), ("ffn", FFNS), ("theta", THETAS)):
             check_choice(f"RetNetConfig.{name}", getattr(self, name), allowed)
-        check_eps("RetNetConfig.norm_eps", self.norm_eps)
+        check_real("RetNetConfig.norm_eps", self.norm_eps, 0)  # a NaN would pass `< 0`
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(
                 f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads of even size "

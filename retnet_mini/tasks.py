@@ -22,7 +22,6 @@ loss) and :func:`evaluate_on_task` are what the chapter ``book/limits.ipynb`` us
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_int, check_real
+from .training import TrainConfig, train
 
 __all__ = [
     "FILLER",
@@ -234,7 +234,7 @@ def masked_accuracy(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> float
 
 
 # ---------------------------------------------------------------------------------------------
-# A small training loop for the probes
+# Training on a probe: the book's training loop with a fresh batch each step
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class TaskHistory:
@@ -257,17 +257,19 @@ def train_on_task(
     grad_clip: float = 1.0,
     seed: int = 0,
     device: str | None = None,
+    precision: str = "float32",
 ) -> TaskHistory:
     """Train ``model`` for ``steps`` AdamW updates on fresh batches ``make_batch(generator)``, masked loss.
 
-    Not yet :func:`retnet_mini.training.train` (which can draw batches from a function and score a mask):
-    run through it, with its parameter groups (embeddings not decayed) and its schedule (down to exactly
-    10% of ``lr`` at the last step), two of the limits chapter's claims at d = 32 broke at one of five
-    seeds; this loop's settings keep the chapter's measured spread (book/checks.md) until they are redone.
-
-    The learning rate warms up linearly over ``warmup_steps`` then follows a cosine to 10% of ``lr``.
-    Batches come from a CPU ``torch.Generator`` seeded with ``seed`` (the same batches on any device) and
-    are moved to ``device`` (default: the model's). A non-finite loss raises ``FloatingPointError``.
+    The book's one training loop, :func:`retnet_mini.training.train`, with a probe's settings: a fresh batch
+    ``(inputs, targets, loss_mask)`` every step, only the ``loss_mask`` positions scored, no validation,
+    no checkpoint. The learning rate warms up linearly over ``warmup_steps`` then follows a cosine down to
+    10% of ``lr`` at the last step (:func:`~retnet_mini.training.lr_at`); weight matrices are decayed,
+    embeddings, norms and biases are not (:func:`~retnet_mini.training.split_decay_params`). Batches come
+    from a CPU ``torch.Generator`` seeded with ``seed`` (the same batches on any device) and are moved to
+    ``device`` (default: the model's). ``precision`` as in :class:`~retnet_mini.training.TrainConfig`
+    (float32 by default, as the chapter's claims were measured). A non-finite loss raises
+    ``FloatingPointError``. The model is left in evaluation mode.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -280,30 +282,18 @@ def train_on_task(
     _finite("grad_clip", grad_clip, strict=True)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(dev).train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(seed)
-    history = TaskHistory()
-    for step in range(steps):
-        progress = max(0.0, (step - warmup_steps) / max(1, steps - warmup_steps))
-        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * scale
-        x, y, mask = (t.to(dev) for t in make_batch(generator))
-        loss = masked_cross_entropy(_logits(model(x)), y, mask)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; try a lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        history.loss.append(loss.item())
+    probe = make_batch(torch.Generator().manual_seed(seed))  # train() checks it; here only its batch size
+    if not isinstance(probe, (tuple, list)) or len(probe) != 3 or not isinstance(probe[0], Tensor) or probe[0].dim() != 2:
+        raise ValueError("make_batch must return (inputs, targets, loss_mask), each a (B, T) tensor, "
+                         "as mqar and copy_task do")
+    config = TrainConfig(
+        steps=steps, batch_size=probe[0].shape[0], lr=lr, min_lr=0.1 * lr, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, eval_interval=None, precision=precision,
+    )  # fmt: skip
+    device = device if device is not None else next(model.parameters()).device
+    history = train(model, make_batch, None, config, device=device, progress=False)
     model.eval()
-    return history
+    return TaskHistory(loss=history.train_loss)
 
 
 @torch.no_grad()

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import check_choice, check_int, check_real
 from .data import get_batch, sequential_batches, write_atomically
 
 __all__ = [
@@ -120,28 +121,20 @@ class TrainConfig:
         # Every field is checked and normalized to a plain int / float, so a typo such as steps=10.0,
         # steps=True or lr=float("nan") fails here, by name, instead of deep in the loop or never.
         for name, minimum in _INT_FIELDS.items():
-            setattr(self, name, _checked_int(name, getattr(self, name), minimum))
+            setattr(self, name, check_int(f"TrainConfig.{name}", getattr(self, name), minimum))
         if self.seed >= 2**64:
             raise ValueError(f"TrainConfig.seed must be < 2**64 (torch.Generator's range), got {self.seed}")
         for name in _OPTIONAL_INT_FIELDS:
-            setattr(self, name, _checked_int(name, getattr(self, name), 1, optional=True))
-        for name in ("lr", "min_lr", "weight_decay", "eps"):
-            setattr(self, name, _checked_float(name, getattr(self, name)))
-        self.grad_clip = _checked_float("grad_clip", self.grad_clip, optional=True)
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(
-                f"TrainConfig.lr and TrainConfig.min_lr: need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, "
-                f"min_lr={self.min_lr}"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.eps <= 0:
-            raise ValueError(f"TrainConfig.eps must be > 0, got {self.eps}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+            if getattr(self, name) is not None:
+                setattr(self, name, check_int(f"TrainConfig.{name} (or None)", getattr(self, name), 1))
+        self.lr = check_real("TrainConfig.lr", self.lr, 0, low_open=True)
+        self.min_lr = check_real("TrainConfig.min_lr", self.min_lr, 0, self.lr)
+        self.weight_decay = check_real("TrainConfig.weight_decay", self.weight_decay, 0)
+        self.eps = check_real("TrainConfig.eps", self.eps, 0, low_open=True)
+        if self.grad_clip is not None:
+            self.grad_clip = check_real("TrainConfig.grad_clip (or None)", self.grad_clip, 0, low_open=True)
         self.betas = _checked_betas(self.betas)  # a list from JSON becomes a tuple, for the resume check
-        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_choice("TrainConfig.precision", self.precision, PRECISIONS)
 
 
 # TrainConfig's int fields and their smallest allowed value; the optional ones are >= 1 or None.
@@ -149,36 +142,10 @@ _INT_FIELDS = {"steps": 1, "batch_size": 1, "seq_len": 1, "warmup_steps": 0, "se
 _OPTIONAL_INT_FIELDS = ("eval_interval", "eval_windows", "checkpoint_interval")
 
 
-def _checked_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
-    or_none = " or None" if optional else ""
-    if value is None and optional:
-        return None
-    # bool is a subclass of int and 10.0 is integral, but both are almost surely mistakes: refused.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"TrainConfig.{name} must be an int{or_none}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be >= {minimum}{or_none}, got {value}")
-    return int(value)  # numpy ints become plain ints, so the config saves as plain Python
-
-
-def _checked_float(name: str, value: Any, optional: bool = False) -> float | None:
-    or_none = " or None" if optional else ""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"TrainConfig.{name} must be a number{or_none}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"TrainConfig.{name} must be finite{or_none}, got {value}")
-    return float(value)
-
-
 def _checked_betas(betas: Any) -> tuple[float, float]:
     if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"TrainConfig.betas must be a pair (beta1, beta2), got {betas!r}")
-    pair = tuple(_checked_float("betas", b) for b in betas)
-    if not all(0 <= b < 1 for b in pair):
-        raise ValueError(f"TrainConfig.betas must both lie in [0, 1), got {betas!r}")
-    return pair
+    return tuple(check_real(f"TrainConfig.betas[{i}]", b, 0, 1, high_open=True) for i, b in enumerate(betas))
 
 
 @dataclass

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import embed_tokens, make_norm, projection_dtype
-from .model import check_eps, check_flag, check_last_tokens, last_tokens_for
+from ._checks import check_bool, check_real
+from .model import check_last_tokens, last_tokens_for
 from .rotation import check_position, rope_theta, rotate
 from .sampling import check_generate_args, decode_loop
 
@@ -70,8 +71,8 @@ class TransformerConfig:
                 f"even (the rotation works on pairs)"
             )
         for name in ("bias", "tie_embeddings"):
-            check_flag(f"TransformerConfig.{name}", getattr(self, name))
-        check_eps("TransformerConfig.norm_eps", self.norm_eps)
+            check_bool(f"TransformerConfig.{name}", getattr(self, name))
+        check_real("TransformerConfig.norm_eps", self.norm_eps, 0)
         if self.max_len is not None and (not isinstance(self.max_len, int) or isinstance(self.max_len, bool)
                                          or self.max_len < 1):
             raise ValueError(f"max_len must be a positive int or None, got {self.max_len!r}")

@@ -239,7 +239,7 @@ def test_position_arguments_of_the_rotation_and_rescaling(offset):
     ("norm_eps", math.inf, "norm_eps must be a finite number >= 0"),
     ("norm_eps", -1e-6, "norm_eps must be a finite number >= 0"),
     ("norm_eps", "1e-5", "norm_eps must be a finite number >= 0"),
-    ("theta", "xpos", r"theta must be one of \('rope', 'torchscale'\)"),
+    ("theta", "xpos", r"theta must be one of \['rope', 'torchscale'\]"),
     ("norm", "batchnorm", "norm must be one of"),
     ("head_norm", "layernorm", "head_norm must be one of"),
     ("ffn", "relu", "ffn must be one of"),
