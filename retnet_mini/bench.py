@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import costs
+from . import _allocator, costs
 from ._checks import ArgumentTypeError, check_bool, check_callable, check_int, check_str
 from .decay import paper_log_decay
 from .layers import MultiScaleRetention
@@ -328,9 +328,9 @@ def peak_call_bytes(setup: str, call: str, device: torch.device) -> int:
               "resident = status('VmRSS:')\n"
               f"{call}\n"
               "print((status('VmHWM:') - resident) * 1024)")     # kB
-    # A fixed mmap threshold makes glibc return every large freed block at once, so the resident size
-    # follows the live tensors instead of keeping freed memory around for reuse.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    # A fixed, low mmap threshold makes glibc return every large freed block at once, so the resident size
+    # follows the live tensors; the package's own setting (keep freed memory for reuse) is refused there.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", **{_allocator.OPT_OUT: "0"})
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
