@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from . import (
     retention as _kernels,  # the unchecked forms: the layer checks what it passes once
 )
+from .costs import default_chunk_size
 from .decay import (
     _check_log_decay,
     decay_schedule,
@@ -168,19 +169,27 @@ class MultiScaleRetention(nn.Module):
                 cached = self._converted_decay = (buffer, buffer._version, converted)
         return cached[2]
 
+    def chunk_size_for(self, length: int) -> int:
+        """The chunk length of the chunkwise form for ``length`` tokens when none is given: the cost
+        model's rule for this layer's heads (:func:`retnet_mini.costs.default_chunk_size`)."""
+        return default_chunk_size(length, self.key_dim, self.value_dim + int(self.rescale))
+
     def state_shape(self, batch: int) -> tuple[int, int, int, int]:
         """Shape of this layer's state: ``(B, H, d_k, d_v [+1 with rescaling])``."""
         return (batch, self.n_heads, self.key_dim, self.value_dim + int(self.rescale))
 
     def forward(
         self, x: Tensor, *, mode: str = "parallel", state: Tensor | None = None, offset: int = 0,
-        chunk_size: int = 64, inplace: bool = False, rotation: tuple[Tensor, Tensor] | None = None,
+        chunk_size: int | None = None, inplace: bool = False, rotation: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``x: (B, T, d_model)`` at absolute positions ``offset..offset+T-1`` -> ``(B, T, d_model)``, state.
 
+        ``chunk_size`` (chunkwise mode): None picks :func:`retnet_mini.costs.default_chunk_size`.
         ``inplace`` (recurrent mode only): update ``state`` in place, for decoding loops that own it.
         ``rotation``: the ``(cos, sin)`` tables of these positions, if the caller already has them."""
         B, T, _ = x.shape
+        if chunk_size is None:
+            chunk_size = self.chunk_size_for(T)
         heads = lambda t, d: t.view(B, T, self.n_heads, d).transpose(1, 2)   # (B, H, T, d)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)     # under autocast: its dtype, e.g. bf16
         # Half-precision activations: rotation, retention and the head norm run in float32 (retention
@@ -268,7 +277,7 @@ class RetNetBlock(nn.Module):
         self.ffn = FeedForward(config)
 
     def forward(self, x: Tensor, *, mode: str = "parallel", state: Tensor | None = None, offset: int = 0,
-                chunk_size: int = 64, inplace: bool = False, rotation: tuple[Tensor, Tensor] | None = None):
+                chunk_size: int | None = None, inplace: bool = False, rotation: tuple[Tensor, Tensor] | None = None):
         h, state = self.retention(self.retention_norm(x), mode=mode, state=state, offset=offset,
                                   chunk_size=chunk_size, inplace=inplace, rotation=rotation)
         x = x + h

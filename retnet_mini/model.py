@@ -54,7 +54,7 @@ class RetNetConfig:
     gate: bool = True                    # the swish gate
     rescale: bool = False                # the paper's rescalings 2 and 3 (1, k * d_k^-1/2, is always on)
     norm_eps: float = 1e-5
-    chunk_size: int = 64                 # default chunk length of mode="chunkwise"
+    chunk_size: int | None = None        # chunk length of mode="chunkwise"; None: costs.default_chunk_size
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
@@ -64,8 +64,11 @@ class RetNetConfig:
             object.__setattr__(self, "ffn_dim", 2 * self.d_model)
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "value_dim", "ffn_dim", "chunk_size"):
             value = getattr(self, name)
+            if name == "chunk_size" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"RetNetConfig.{name} must be a positive int, got {value!r}")
+                raise ValueError(f"RetNetConfig.{name} must be a positive int{' or None' * (name == 'chunk_size')}, "
+                                 f"got {value!r}")
         for name in ("bias", "gate", "rescale", "tie_embeddings"):
             check_bool(f"RetNetConfig.{name}", getattr(self, name))
         for name, allowed in (("norm", NORMS), ("head_norm", HEAD_NORMS), ("ffn", FFNS), ("theta", THETAS)):
@@ -157,7 +160,16 @@ class RetNetLM(nn.Module):
     ) -> tuple[Tensor, RetNetState]:
         """``tokens: (B, T)`` int64 ids -> ``logits: (B, T, vocab_size)``, the state after them."""
         self._check_forward_args(tokens, mode, state, chunk_size)
-        return self._forward(tokens, mode, state, chunk_size or self.config.chunk_size)
+        return self._forward(tokens, mode, state, self.chunk_size_for(tokens.shape[1], chunk_size))
+
+    def chunk_size_for(self, length: int, chunk_size: int | None = None) -> int:
+        """The chunk length ``mode="chunkwise"`` uses for ``length`` tokens: ``chunk_size`` if given, else
+        ``config.chunk_size``, else :func:`retnet_mini.costs.default_chunk_size` for this model's heads."""
+        if chunk_size is not None:
+            return chunk_size
+        if self.config.chunk_size is not None:
+            return self.config.chunk_size
+        return self.blocks[0].retention.chunk_size_for(length)
 
     def _forward(self, tokens: Tensor, mode: str, state: RetNetState | None, chunk_size: int,
                  inplace: bool = False):
@@ -234,7 +246,7 @@ class RetNetLM(nn.Module):
             raise ValueError(f"prefill must be 'chunkwise' or 'parallel', got {prefill!r}")
         self._check_forward_args(prompt_tokens, prefill, None, None)
         with torch.inference_mode():
-            logits, state = self._forward(prompt_tokens, prefill, None, self.config.chunk_size)
+            logits, state = self._forward(prompt_tokens, prefill, None, self.chunk_size_for(prompt_tokens.shape[1]))
         step = lambda tok, st: self.step(tok, st, check=False)      # sampled ids and our own state
         return decode_loop(step, prompt_tokens, logits[:, -1], state, max_new_tokens, temperature, top_k, generator)
 

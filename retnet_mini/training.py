@@ -995,7 +995,8 @@ def main(argv: list[str] | None = None) -> History:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--mode", choices=("parallel", "chunkwise", "recurrent"), default="chunkwise")
-    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="chunk length of the chunkwise form (default: retnet_mini.costs.default_chunk_size)")
     for name in ("steps", "batch_size", "seq_len", "warmup_steps", "seed", "eval_interval", "eval_windows",
                  "checkpoint_interval"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))

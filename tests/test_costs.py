@@ -6,6 +6,8 @@ import doctest
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retnet_mini import costs
 from retnet_mini.costs import (
@@ -368,3 +370,29 @@ def test_decoding_step_bytes():
         decode_step_bytes(1, 1, 1, 0)
     with pytest.raises(ValueError, match="read_per_sequence"):
         decode_step_bytes(1, -1, 1, 1)
+
+
+# --- the default chunk size ----------------------------------------------------------------------
+@pytest.mark.parametrize("length, d_k, d_v, want", [
+    (2048, 256, 512, 256),    # the paper's heads: L* = 341, the nearest power of two in ratio
+    (8192, 512, 1024, 512),   # L* = 683 -> 512, the upper clamp
+    (2048, 32, 64, 64),       # the book's small models: L* = 43 -> the lower clamp
+    (2048, 8, 8, 64),
+    (100, 256, 512, 128),     # a short sequence: one chunk, the length rounded up to a power of two
+    (1, 256, 512, 1),
+    (0, 256, 512, 1),
+])
+def test_default_chunk_size_follows_its_rule(length, d_k, d_v, want):
+    assert costs.default_chunk_size(length, d_k, d_v) == want
+
+
+@given(st.integers(0, 10**6), st.integers(1, 2048), st.integers(1, 2048))
+def test_default_chunk_size_is_a_power_of_two_in_range(length, d_k, d_v):
+    chunk = costs.default_chunk_size(length, d_k, d_v)
+    assert chunk & (chunk - 1) == 0
+    assert chunk <= costs.CHUNK_RANGE[1] and (chunk >= costs.CHUNK_RANGE[0] or chunk >= length)
+    # the power of two nearest to L* = 2 d_k d_v / (d_k + d_v), in ratio: within a factor sqrt(2) of it,
+    # unless a clamp or a short sequence decided
+    balanced = 2 * d_k * d_v / (d_k + d_v)
+    assert chunk <= max(costs.CHUNK_RANGE[0], math.sqrt(2) * balanced * (1 + 1e-9))
+    assert chunk >= min(costs.CHUNK_RANGE[1], balanced / math.sqrt(2) * (1 - 1e-9), 2 ** math.ceil(math.log2(max(length, 1))))

@@ -315,3 +315,20 @@ def test_a_constant_gate_is_retnet():
     tokens = torch.randint(0, 37, (2, 19))
     for mode in MODES:
         assert max_diff(gated(tokens, mode=mode)[0], retnet(tokens, mode=mode)[0]) < 1e-10
+
+
+def test_chunkwise_without_a_chunk_size_uses_the_rule_and_agrees_with_parallel():
+    from retnet_mini.costs import default_chunk_size
+    torch.manual_seed(0)
+    model = RetNetLM(RetNetConfig.paper(vocab_size=11, d_model=16, n_heads=2, n_layers=1)).double()
+    assert model.config.chunk_size is None
+    assert model.chunk_size_for(300) == default_chunk_size(300, 8, 32) == 64
+    assert model.chunk_size_for(10) == 16 and model.chunk_size_for(300, 7) == 7
+    fixed = RetNetLM(RetNetConfig.paper(vocab_size=11, d_model=16, n_heads=2, n_layers=1, chunk_size=5))
+    assert fixed.chunk_size_for(300) == 5
+    tokens = torch.randint(0, 11, (2, 150))
+    parallel, _ = model(tokens)
+    chunkwise, _ = model(tokens, mode="chunkwise")
+    assert (parallel - chunkwise).abs().max() < 1e-10
+    with pytest.raises(ValueError, match="RetNetConfig.chunk_size must be a positive int or None"):
+        RetNetConfig.paper(vocab_size=11, chunk_size=0)
