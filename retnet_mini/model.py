@@ -24,9 +24,6 @@ from ._checks import check_bool, check_choice, check_real
 from .sampling import check_generate_args, decode_loop
 
 
-# ---------------------------------------------------------------------------------------------
-# Argument checks shared by the configs of both models.
-# ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RetNetConfig:
     """Shape and design choices of a :class:`RetNetLM`.

@@ -52,15 +52,6 @@ FILLER = 0      # MQAR: the token between queries (it carries no information)
 SEPARATOR = 0   # copying: the token between the string and its copy
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    return check_int(name, value, minimum)
-
-
-def _finite(name: str, value, minimum: float = 0, strict: bool = False) -> float:
-    """A finite real number >= minimum (> minimum if ``strict``), else an error naming ``name``."""
-    return check_real(name, value, minimum, low_open=strict)
-
-
 def _check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -79,7 +70,7 @@ def _random_subsets(batch: int, population: int, size: int, generator: torch.Gen
 def mqar_vocab(vocab_size: int) -> tuple[range, range]:
     """The ids MQAR uses as keys and as values: ``FILLER = 0``, keys ``1 .. K``, values ``K + 1 .. V - 1``
     with ``K = (V - 1) // 2`` (so keys and values never share an id). Returns ``(keys, values)`` ranges."""
-    _positive_int("vocab_size", vocab_size, minimum=3)
+    check_int("vocab_size", vocab_size, 3)
     n_keys = (vocab_size - 1) // 2
     return range(1, 1 + n_keys), range(1 + n_keys, vocab_size)
 
@@ -109,11 +100,11 @@ def mqar(
     Returns:
         ``inputs, targets``: ``(B, T)`` int64; ``loss_mask``: ``(B, T)`` bool with ``Q`` True per row.
     """
-    B = _positive_int("batch_size", batch_size)
+    B = check_int("batch_size", batch_size, 1)
     _check_generator(generator)
-    N = _positive_int("num_pairs", num_pairs)
-    T = _positive_int("seq_len", seq_len)
-    Q = N if num_queries is None else _positive_int("num_queries", num_queries)
+    N = check_int("num_pairs", num_pairs, 1)
+    T = check_int("seq_len", seq_len, 1)
+    Q = N if num_queries is None else check_int("num_queries", num_queries, 1)
     if Q > N:
         raise ValueError(f"num_queries ({Q}) cannot exceed num_pairs ({N}): only {N} keys can be queried")
     keys, values = mqar_vocab(vocab_size)
@@ -147,7 +138,7 @@ def mqar_layout(keys: Tensor, values: Tensor, queried: Tensor, slots: Tensor, se
     Returns:
         ``inputs, targets`` ``(B, T)`` int64 and ``loss_mask`` ``(B, T)`` bool, as :func:`mqar` describes.
     """
-    T = _positive_int("seq_len", seq_len)
+    T = check_int("seq_len", seq_len, 1)
     parts = dict(keys=keys, values=values, queried=queried, slots=slots)
     for name, t in parts.items():
         if not isinstance(t, Tensor) or t.ndim != 2 or t.dtype != torch.long:
@@ -194,9 +185,9 @@ def copy_task(
     Returns:
         ``inputs, targets``: ``(B, 2L)`` int64; ``loss_mask``: ``(B, 2L)`` bool with ``L`` True per row.
     """
-    B = _positive_int("batch_size", batch_size)
+    B = check_int("batch_size", batch_size, 1)
     _check_generator(generator)
-    L = _positive_int("string_length", string_length)
+    L = check_int("string_length", string_length, 1)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an int >= 2 (the separator and at least one symbol), got {vocab_size!r}")
     s = torch.randint(1, vocab_size, (B, L), generator=generator)
@@ -275,11 +266,11 @@ def train_on_task(
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(make_batch):
         raise ValueError(f"make_batch must be a function generator -> (inputs, targets, loss_mask), got {make_batch!r}")
-    _positive_int("steps", steps)
-    _finite("lr", lr, strict=True)
-    _finite("weight_decay", weight_decay)
-    _positive_int("warmup_steps", warmup_steps, minimum=0)
-    _finite("grad_clip", grad_clip, strict=True)
+    check_int("steps", steps, 1)
+    check_real("lr", lr, 0, low_open=True)
+    check_real("weight_decay", weight_decay, 0)
+    check_int("warmup_steps", warmup_steps, 0)
+    check_real("grad_clip", grad_clip, 0, low_open=True)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
     probe = make_batch(torch.Generator().manual_seed(seed))  # train() checks it; here only its batch size
