@@ -133,6 +133,7 @@ class MultiScaleRetention(nn.Module):
         self._converted_decay = None      # see fixed_log_decay
         theta = torchscale_theta(self.key_dim) if c.theta == "torchscale" else rope_theta(self.key_dim)
         self.register_buffer("theta", theta, persistent=False)
+        self._fused_weights = None        # see projections
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -169,6 +170,39 @@ class MultiScaleRetention(nn.Module):
                 cached = self._converted_decay = (buffer, buffer._version, converted)
         return cached[2]
 
+    def projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``x W_Q``, ``x W_K``, ``x W_V`` and the gate's ``x W_G`` (None without the gate), each ``(B, T, .)``.
+
+        With autograd on, these are the four ``nn.Linear`` layers, as the paper writes them. With it off
+        (``torch.no_grad()``, ``torch.inference_mode()``: evaluation, :meth:`RetNetLM.step`,
+        ``generate``), one product with the four weights concatenated: the same numbers from one kernel
+        instead of four, which at batch 1 is a good part of what a decoding step spends besides reading
+        the weights. The concatenation is made once and kept; it is made again when a weight changes:
+        another tensor, dtype or device (``model.to``), or an in-place update that PyTorch counts
+        (optimizer steps, ``load_state_dict``, ``weight.copy_``). Writes through ``weight.data`` are not
+        counted: call :meth:`drop_fused_weights` after them. The copy costs the memory of the four
+        weights (:meth:`drop_fused_weights` frees it). Weights made under ``torch.inference_mode()`` have
+        no version counter: such a layer uses the four products."""
+        projs = [p for p in (self.q_proj, self.k_proj, self.v_proj, self.g_proj) if p is not None]
+        if torch.is_grad_enabled() or projs[0].weight.is_inference():   # (inference tensors count no versions)
+            q, k, v, *g = (proj(x) for proj in projs)
+            return q, k, v, (g[0] if g else None)
+        tensors = [t for proj in projs for t in (proj.weight, proj.bias) if t is not None]
+        key = [(t, t._version, t.data_ptr()) for t in tensors]
+        cached = self._fused_weights
+        if cached is None or len(cached[0]) != len(key) or any(
+                a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(cached[0], key)):
+            with torch.inference_mode(False):    # ordinary tensors: usable outside inference mode too
+                weight = torch.cat([proj.weight.detach() for proj in projs])
+                bias = torch.cat([proj.bias.detach() for proj in projs]) if projs[0].bias is not None else None
+            cached = self._fused_weights = (key, weight, bias, [proj.out_features for proj in projs])
+        q, k, v, *g = F.linear(x, cached[1], cached[2]).split(cached[3], dim=-1)
+        return q, k, v, (g[0] if g else None)
+
+    def drop_fused_weights(self) -> None:
+        """Forget the concatenated projection weights of :meth:`projections` (made again when needed)."""
+        self._fused_weights = None
+
     def chunk_size_for(self, length: int) -> int:
         """The chunk length of the chunkwise form for ``length`` tokens when none is given: the cost
         model's rule for this layer's heads (:func:`retnet_mini.costs.default_chunk_size`)."""
@@ -191,7 +225,7 @@ class MultiScaleRetention(nn.Module):
         if chunk_size is None:
             chunk_size = self.chunk_size_for(T)
         heads = lambda t, d: t.view(B, T, self.n_heads, d).transpose(1, 2)   # (B, H, T, d)
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)     # under autocast: its dtype, e.g. bf16
+        q, k, v, g = self.projections(x)          # under autocast: its dtype, e.g. bf16
         # Half-precision activations: rotation, retention and the head norm run in float32 (retention
         # would compute in float32 anyway; this way its output reaches the norm without a round trip
         # through 8 or 11 bits of mantissa, and float16 cannot overflow in between). Else: their dtype.
@@ -219,7 +253,7 @@ class MultiScaleRetention(nn.Module):
             o = o * factor / (row_sum * factor).abs().clamp(min=1.0)
         y = self.head_norm(o.transpose(1, 2))                                   # (B, T, H, d_v)
         if self.use_gate:   # the product comes out in the gate's (B, T, H * d_v) layout: no extra copy
-            y = F.silu(self.g_proj(x)).view_as(y) * y
+            y = F.silu(g).view_as(y) * y
         return self.out_proj(y.reshape(B, T, -1).to(activations)), state
 
 

@@ -155,7 +155,11 @@ class RetNetLM(nn.Module):
         self, tokens: Tensor, mode: str = "parallel", state: RetNetState | None = None,
         chunk_size: int | None = None,
     ) -> tuple[Tensor, RetNetState]:
-        """``tokens: (B, T)`` int64 ids -> ``logits: (B, T, vocab_size)``, the state after them."""
+        """``tokens: (B, T)`` int64 ids -> ``logits: (B, T, vocab_size)``, the state after them.
+
+        To decode token by token, use :meth:`step`, or call this under ``torch.no_grad()``: with autograd
+        on, each returned state keeps the graph of every earlier call, and with it every earlier layer
+        state (a backward pass through the decoding needs them), so memory grows with each token."""
         self._check_forward_args(tokens, mode, state, chunk_size)
         return self._forward(tokens, mode, state, self.chunk_size_for(tokens.shape[1], chunk_size))
 

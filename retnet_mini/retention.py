@@ -154,13 +154,12 @@ def _recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor
     own = inplace or state is None or S.data_ptr() != state.data_ptr()      # may S be written?
     outputs = []
     for gamma, k_n, v_n, q_n in zip(gammas, keys, values, queries):
-        # S_n = gamma S_{n-1} + k_n^T v_n (an outer product), then o_n = q_n S_n
-        if recording:
-            S = torch.addcmul(S * gamma, k_n, v_n)
-        elif own:
-            S.mul_(gamma).baddbmm_(k_n, v_n)
-        else:
-            S, own = torch.mul(S, gamma).baddbmm_(k_n, v_n), True
+        # S_n = gamma S_{n-1} + k_n^T v_n, the outer product as a broadcast (column times row: one pass
+        # over S, faster than a batched product with an inner dimension of 1), then o_n = q_n S_n.
+        if own and not recording:
+            S.mul_(gamma).addcmul_(k_n, v_n)
+        else:   # a new tensor (autograd: mul keeps its inputs, not its output, so the sum can go into it)
+            S, own = torch.mul(S, gamma).addcmul_(k_n, v_n), True
         outputs.append(torch.bmm(q_n, S))                              # (B*H, 1, d_v)
     o = outputs[0] if T == 1 else torch.cat(outputs, dim=1) if outputs else v.new_zeros(B * H, 0, d_v)
     return o.view(B, H, T, d_v), S.view(B, H, d_k, d_v)

@@ -100,3 +100,83 @@ def test_step_checks_its_arguments():
         model.step(tokens(T=1), as_float)
     with pytest.raises(ValueError, match="one token per sequence"):
         transformer().step(tokens(T=3), transformer().init_cache(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Without autograd, a layer's four projections are one product with cached concatenated weights
+# ---------------------------------------------------------------------------------------------
+def logits_with_autograd(model, x, mode="parallel"):
+    """The logits from the four separate projections (autograd on: the fused weights are not used)."""
+    with torch.enable_grad():
+        return model(x, mode=mode)[0].detach()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"gate": False}, {"bias": True}, {"decay": "gated"}, {"rescale": True}])
+@pytest.mark.parametrize("mode", ["parallel", "recurrent", "chunkwise"])
+def test_fused_projections_give_the_four_projections_numbers(overrides, mode):
+    model, x = retnet(**overrides), tokens()
+    layer = model.blocks[0].retention
+    with torch.no_grad():
+        h = torch.randn(2, 5, 16, dtype=torch.float64)
+        fused = layer.projections(h)
+        assert layer._fused_weights is not None                    # the fused path ran
+        separate = [p(h) if p is not None else None for p in (layer.q_proj, layer.k_proj, layer.v_proj, layer.g_proj)]
+        for a, b in zip(fused, separate):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+        no_grad = model(x, mode=mode)[0]
+    torch.testing.assert_close(no_grad, logits_with_autograd(model, x, mode), rtol=1e-12, atol=1e-12)
+
+
+def test_fused_weights_follow_every_counted_change_of_the_parameters():
+    model, x = retnet(), tokens()
+    def agree():
+        with torch.no_grad():
+            torch.testing.assert_close(model(x)[0], logits_with_autograd(model, x), rtol=1e-12, atol=1e-12)
+    agree()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)             # an optimizer step (in place)
+    model(x)[0].square().mean().backward()
+    opt.step()
+    agree()
+    other = retnet()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    model.load_state_dict(other.state_dict())                     # copy_ into the parameters
+    agree()
+    with torch.no_grad():
+        model.blocks[1].retention.k_proj.weight.mul_(3.0)          # an in-place edit
+    agree()
+    model.float()                                                  # a new dtype: new tensors
+    x32 = model(x)[0]
+    assert x32.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], logits_with_autograd(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_writes_through_data_need_drop_fused_weights():
+    """PyTorch does not count writes through ``.data``: the documented way out is drop_fused_weights."""
+    model, x = retnet(), tokens()
+    with torch.no_grad():
+        model(x)
+    for block in model.blocks:
+        block.retention.q_proj.weight.data.mul_(2.0)
+    with torch.no_grad():
+        stale = model(x)[0]
+    fresh = logits_with_autograd(model, x)
+    assert not torch.allclose(stale, fresh)                        # the caveat is real
+    for block in model.blocks:
+        block.retention.drop_fused_weights()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], fresh, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_made_in_inference_mode_uses_the_four_projections():
+    x = tokens()
+    with torch.inference_mode():
+        model = retnet()
+        logits = model(x)[0]
+        assert all(b.retention._fused_weights is None for b in model.blocks)
+    torch.testing.assert_close(logits, logits_with_autograd(retnet(), x), rtol=1e-12, atol=1e-12)
