@@ -1,7 +1,7 @@
 # RetNet, derived: build the book and run its tests. `make help` lists the targets.
 #   make book   create .venv if needed, install what the book needs, build the site into _build/html
-#   make test   unit tests, nbval on every notebook, nbval again on the notebooks with run results in two
-#               other numeric environments, site build, real-browser test (in that order)
+#   make test   unit tests, the release files checked, nbval on every notebook, nbval again on the notebooks
+#               with run results in two other numeric environments, site build, real-browser test (in that order)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -31,18 +31,21 @@ NBVAL = $(PY) -m pytest --nbval --nbval-current-env --nbval-cell-timeout=$(NBVAL
 REPORTS := _build/reports
 TIMED := bash scripts/timed
 
-.PHONY: help book test unit nbval portable site site-fresh browser browser-setup regen serve screenshot clean env colab
+.PHONY: help book test unit package nbval portable site site-fresh browser browser-setup regen install-cells serve \
+	screenshot clean env colab
 
 help:
 	@echo "make book        create .venv if needed, install the toolchain, build the site (_build/html)"
-	@echo "make test        unit -> nbval -> portable -> site -> browser, each timed (see _build/reports/stages.txt)"
+	@echo "make test        unit -> package -> nbval -> portable -> site -> browser, each timed (_build/reports/stages.txt)"
 	@echo "make unit        package tests and notebook guards (pytest tests/)"
+	@echo "make package     build the wheel and sdist (_build/dist), install the wheel in a fresh venv, import every module"
 	@echo "make nbval       re-run every notebook and compare with its stored outputs (strict nbval)"
 	@echo "make portable    nbval on the notebooks with run results, as on another CPU and with 1 thread"
 	@echo "make site        build the site from the stored outputs (warnings are errors)"
 	@echo "make site-fresh  build the site re-executing every notebook (a failing cell fails the build)"
 	@echo "make browser     headless Chromium over every page of the built site, offline"
 	@echo "make regen       regenerate stored notebook outputs (NOTEBOOKS=book/x.ipynb for one)"
+	@echo "make install-cells  rewrite only the notebooks' install cells and README links from _config.yml (no execution)"
 	@echo "make colab       rehearse Colab offline: install cell, ipywidgets 7.7.1, every notebook (COLAB_FLAGS=--working-tree)"
 	@echo "make serve       serve _build/html on http://127.0.0.1:$(PORT)"
 	@echo "make screenshot  refresh docs/screenshot.png from the browser test's screenshot"
@@ -65,6 +68,7 @@ book: env
 test: env
 	@rm -f $(REPORTS)/stages.txt
 	@$(TIMED) unit $(MAKE) --no-print-directory unit
+	@$(TIMED) package $(MAKE) --no-print-directory package
 	@$(TIMED) nbval $(MAKE) --no-print-directory nbval
 	@$(TIMED) portable $(MAKE) --no-print-directory portable
 	@$(TIMED) site $(MAKE) --no-print-directory site
@@ -75,6 +79,13 @@ test: env
 unit: env
 	@mkdir -p $(REPORTS)
 	$(PY) -m pytest tests -q -p no:cacheprovider --junitxml=$(REPORTS)/unit.xml
+
+# The release files as a user gets them: `python -m build` (sdist, then the wheel from it) into _build/dist,
+# the wheel installed with its book extra in a fresh venv (torch first, TORCH_SPEC, as `make env`), every
+# module and every notebook import imported there from outside the checkout (scripts/check_package.py).
+package: env
+	@mkdir -p $(REPORTS)
+	$(PY) scripts/check_package.py --torch-spec "$(TORCH_SPEC)" --report $(REPORTS)/package.json
 
 nbval: env
 	@mkdir -p $(REPORTS)
@@ -118,6 +129,10 @@ colab:
 # ------------------------------------------------------------------ helpers
 regen: env
 	$(PY) scripts/regen_notebooks.py $(filter %.ipynb,$(NOTEBOOKS))
+
+# After changing repository.url or repository.branch in _config.yml (README, "Publishing"): seconds, not a run.
+install-cells: env
+	$(PY) scripts/regen_notebooks.py --install-cells $(filter %.ipynb,$(NOTEBOOKS))
 
 serve:
 	@echo "serving _build/html on http://127.0.0.1:$(PORT)  (Ctrl-C stops)"

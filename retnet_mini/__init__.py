@@ -33,4 +33,5 @@ from .retention import (
 from .model import RetNetConfig, RetNetLM, RetNetState
 from .transformer import KVCache, TransformerConfig, TransformerLM
 
+# The one home of the version: pyproject.toml reads it for the wheel's metadata (README, "Releasing").
 __version__ = "0.1.0"

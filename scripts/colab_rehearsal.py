@@ -8,7 +8,7 @@
 Every notebook of the book starts with a hidden cell that runs only in Colab:
 
     if "google.colab" in sys.modules:
-        %pip install -q "retnet_mini[book] @ git+<repository.url>"
+        %pip install -q "retnet_mini[book] @ git+<repository.url>"     # @<repository.branch> unless main
 
 Nothing else runs that branch, so this script builds a Colab-like place where it does run, and runs every
 notebook of _toc.yml in it, top to bottom:
@@ -208,18 +208,29 @@ def _yaml(text: str) -> Optional[Any]:
     return yaml.safe_load(text)
 
 
-def repository_url(config_text: str) -> str:
-    """`repository.url` of _config.yml (what scripts/regen_notebooks.py writes into the install cells)."""
+def _repository_key(config_text: str, key: str) -> Optional[str]:
+    """`repository.<key>` of _config.yml, or None."""
     data = _yaml(config_text)
     if data is not None:
-        url = (data.get("repository") or {}).get("url")
-    else:  # no PyYAML: the one key we need, from its block
+        value = (data.get("repository") or {}).get(key)
+    else:  # no PyYAML: the key we need, from its block
         block = re.search(r"^repository:\s*\n((?:[ \t]+.*\n?|\s*\n)*)", config_text, re.M)
-        m = block and re.search(r"^[ \t]+url:\s*['\"]?([^'\"#\s]+)", block.group(1), re.M)
-        url = m.group(1) if m else None
+        m = block and re.search(rf"^[ \t]+{key}:\s*['\"]?([^'\"#\s]+)", block.group(1), re.M)
+        value = m.group(1) if m else None
+    return None if value is None else str(value)
+
+
+def repository_url(config_text: str) -> str:
+    """`repository.url` of _config.yml (what scripts/regen_notebooks.py writes into the install cells)."""
+    url = _repository_key(config_text, "url")
     if not url:
         raise SystemExit("colab rehearsal FAILED: _config.yml has no repository.url")
-    return str(url).rstrip("/")
+    return url.rstrip("/")
+
+
+def repository_ref(config_text: str) -> str:
+    """`repository.branch` of _config.yml: the ref the install cells pin (`@ref`) unless it is main."""
+    return _repository_key(config_text, "branch") or SNAPSHOT_BRANCH
 
 
 def toc_files(toc_text: str) -> List[str]:
@@ -640,7 +651,13 @@ def rehearse(args: argparse.Namespace, tmp: Path, t0: float) -> int:
     commit, source = make_snapshot(repo, args.working_tree)
     show = lambda p: git("show", f"{commit}:{p}", git_dir=repo)  # noqa: E731
     url = repository_url(show("_config.yml"))
-    log(f"colab rehearsal of git+{url}")
+    ref = repository_ref(show("_config.yml"))
+    if ref != SNAPSHOT_BRANCH:
+        # A release commit's install cells pin its tag (README, "Releasing"): rehearse the commit as it will
+        # be once tagged, with the ref pointing at it in the snapshot.
+        git("update-ref", f"refs/tags/{ref}", commit, git_dir=repo)
+        source += f", tagged {ref} in the snapshot"
+    log(f"colab rehearsal of git+{url}" + ("" if ref == SNAPSHOT_BRANCH else f"@{ref}"))
     log(f"  source: {source}")
     dirty = git("status", "--porcelain", "--untracked-files=no", git_dir=ROOT / ".git", work_tree=ROOT)
     if not args.working_tree and dirty:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
 import io
 import json
 import re
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from exercise_notebooks import STUB_MARKER, solution_name
+from project_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -29,14 +29,7 @@ NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
 PAGES = sorted(p for p in BOOK.glob("*.md"))
 
 
-def _load_regen():
-    spec = importlib.util.spec_from_file_location("regen_notebooks", ROOT / "scripts" / "regen_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-regen = _load_regen()
+regen = load_script("regen_notebooks")
 
 
 def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
@@ -102,7 +95,7 @@ def test_code_cells_executed_in_order_without_errors(path):
 def test_first_cell_installs_the_package_in_colab_only(path):
     nb = nbformat.read(path, as_version=4)
     first = nb.cells[0]
-    expected = regen.colab_cell_source(regen.repository_url())
+    expected = regen.colab_cell_source(regen.repository())
     assert first.cell_type == "code" and first.source == expected, (
         f"{path.name}: the first cell must be the Colab install cell (scripts/regen_notebooks.py writes it)")
     assert "remove-cell" in first.metadata.get("tags", []), f"{path.name}: the Colab cell must be tagged remove-cell"

@@ -2,7 +2,8 @@
 
 Generic checks (every page in _toc.yml): it loads; no unexpected console or page errors; no request left
 the machine except CDN files answered from the local npm cache; no broken image; math typeset by MathJax
-where the page has math; Colab and Binder launch links on notebook pages; and for every ipywidgets slider
+where the page has math; the repository and issues buttons, and Colab and Binder launch links on
+notebook pages, lead to the repository and ref of _config.yml; and for every ipywidgets slider
 on the page, moving it changes the image shown in its output.
 
 To add checks for one page, create `tests/browser/checks_<topic>.py` (it is imported automatically):
@@ -23,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List
+
+from project_scripts import load_script  # tests/ is on sys.path (pytest puts tests/conftest.py's folder there)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "_screenshots"
@@ -97,17 +100,29 @@ def check_math(page, ctx: PageContext) -> None:
 
 
 def check_launch_links(page, ctx: PageContext) -> None:
-    """Notebook pages have a Colab and a Binder launch link to this very notebook."""
+    """The repository and issues buttons lead to the repository of _config.yml; notebook pages have a Colab
+    and a Binder launch link to this very notebook at the ref of _config.yml: the links the install cells
+    and the README name too (scripts/regen_notebooks.py; tests/test_publishing.py checks those)."""
+    repo = load_script("regen_notebooks").repository()
+
+    def hrefs(selector: str) -> List[str]:
+        return page.eval_on_selector_all(selector, "els => els.map(e => e.href)")
+
+    if hrefs("a.btn-source-repository-button") != [repo.url]:
+        ctx.problems.append(f"the repository button does not lead to {repo.url}: "
+                            f"{hrefs('a.btn-source-repository-button')}")
+    issues = hrefs("a.btn-source-issues-button")
+    if len(issues) != 1 or not issues[0].startswith(f"{repo.url}/issues/new?"):
+        ctx.problems.append(f"the issues button does not open an issue on {repo.url}: {issues}")
     if ctx.source_suffix != ".ipynb":
         return
     notebook = f"{ctx.docname}.ipynb"
-    colab = page.eval_on_selector_all(
-        "a[href^='https://colab.research.google.com/github/']", "els => els.map(e => e.href)")
-    binder = page.eval_on_selector_all("a[href*='/v2/gh/']", "els => els.map(e => e.href)")
-    if not any(h.endswith("/" + notebook) for h in colab):
-        ctx.problems.append(f"no Colab launch link to {notebook} (found {colab})")
-    if not any(h.endswith("urlpath=tree/" + notebook) for h in binder):
-        ctx.problems.append(f"no Binder launch link to {notebook} (found {binder})")
+    colab = hrefs("a[href^='https://colab.research.google.com/github/']")
+    binder = hrefs("a[href*='/v2/gh/']")
+    if colab != [repo.colab_link(notebook)]:
+        ctx.problems.append(f"the Colab launch link is not {repo.colab_link(notebook)} (found {colab})")
+    if not any(h.endswith(f"/v2/gh/{repo.owner}/{repo.name}/{repo.ref}?urlpath=tree/{notebook}") for h in binder):
+        ctx.problems.append(f"no Binder launch link to {notebook} at {repo.ref} (found {binder})")
     if not page.locator(".dropdown-launch-buttons").first.is_visible():
         ctx.problems.append("the launch button is not visible")
 
