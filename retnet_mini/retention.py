@@ -23,7 +23,8 @@ The three forms compute the same thing:
 - chunkwise (eq. 7): inside a chunk the parallel form, across chunks the recurrent one
 
 Numerical rule kept everywhere: decay is always formed as ``gamma^(n-m)`` with ``n >= m`` (an exponent
-<= 0), never as ``gamma^n * gamma^(-m)``, which overflows (float32 near m = 3000 for gamma = 0.96875).
+<= 0), never as ``gamma^n * gamma^(-m)``, which overflows (in float32, ``gamma^(-m)`` is inf from
+m = 2795 for gamma = 0.96875).
 The masked upper triangle gets exponent ``-inf`` *before* ``exp``, so no ``inf * 0`` can appear.
 """
 from __future__ import annotations
