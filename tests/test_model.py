@@ -332,3 +332,25 @@ def test_chunkwise_without_a_chunk_size_uses_the_rule_and_agrees_with_parallel()
     assert (parallel - chunkwise).abs().max() < 1e-10
     with pytest.raises(ValueError, match="RetNetConfig.chunk_size must be a positive int or None"):
         RetNetConfig.paper(vocab_size=11, chunk_size=0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(name=st.sampled_from(sorted(MODELS)), chunk_size=st.integers(1, 13), T=st.integers(1, 13))
+def test_the_form_changes_the_cost_not_the_training_gradients(name, chunk_size, T):
+    """What the training chapter relies on: a cross-entropy loss has the same value and the same gradient
+    for every parameter whichever form computes it (float64, to round-off), for any chunk size."""
+    model = make_model(**MODELS[name]).train()
+    tokens = torch.randint(0, 37, (2, T + 1), generator=torch.Generator().manual_seed(T))
+    losses, grads = {}, {}
+    for mode in MODES:
+        model.zero_grad(set_to_none=True)
+        logits, _ = model(tokens[:, :-1], mode=mode, chunk_size=chunk_size if mode == "chunkwise" else None)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        losses[mode] = loss.item()
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads["parallel"]) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for mode in ("recurrent", "chunkwise"):
+        assert abs(losses[mode] - losses["parallel"]) < 1e-12
+        for n, g in grads["parallel"].items():
+            torch.testing.assert_close(grads[mode][n], g, rtol=1e-9, atol=1e-12, msg=f"{mode}: {n}")
