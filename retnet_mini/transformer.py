@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import embed_tokens, make_norm, projection_dtype
-from ._checks import check_bool, check_real
+from ._checks import check_bool, check_int, check_real
 from .model import check_last_tokens, last_tokens_for
 from .rotation import check_position, rope_theta, rotate
 from .sampling import check_generate_args, decode_loop
@@ -215,6 +215,30 @@ class TransformerBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x)), k, v
 
 
+def gpt2_init_(model: nn.Module, n_layers: int) -> nn.Module:
+    """GPT-2's initialization of a model's projections, in place; returns ``model``.
+
+    Every weight whose name ends in ``proj.weight``, ``fc1.weight`` or ``fc2.weight`` is drawn from
+    ``N(0, 0.02^2)``, the residual outputs (``out_proj``, ``fc2``) with the standard deviation scaled by
+    ``(2 n_layers)^-1/2``; every bias except the norms' is set to 0. Norms, embeddings and the output
+    projection are left as they are, and so is a gated decay's ``decay_proj`` (its bias sets the initial
+    decays). :class:`TransformerLM` is initialized this way; applied to a :class:`~retnet_mini.RetNetLM`
+    it gives the two models the same initialization family (the training chapter's ablation)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_int("n_layers", n_layers, 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "decay_proj" in name:
+                continue
+            if name.endswith("bias") and "norm" not in name:
+                nn.init.zeros_(p)
+            elif name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+                residual = name.endswith(("out_proj.weight", "fc2.weight"))
+                nn.init.normal_(p, std=0.02 * ((2 * n_layers) ** -0.5 if residual else 1.0))
+    return model
+
+
 class TransformerLM(nn.Module):
     """Embedding (+ learned positions), ``n_layers`` pre-norm attention blocks, final norm, output projection.
 
@@ -239,15 +263,10 @@ class TransformerLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2's init (normal 0.02, residual outputs scaled by ``(2 n_layers)^-1/2``); embedding and output
-        projection as in RetNetLM (normal ``d_model^-1/2``)."""
+        """GPT-2's init of the projections (:func:`gpt2_init_`); embedding and output projection as in
+        RetNetLM (normal ``d_model^-1/2``)."""
         c = self.config
-        for name, p in self.named_parameters():
-            if name.endswith("bias") and "norm" not in name:
-                nn.init.zeros_(p)
-            elif name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
-                residual = name.endswith(("out_proj.weight", "fc2.weight"))
-                nn.init.normal_(p, std=0.02 * ((2 * c.n_layers) ** -0.5 if residual else 1.0))
+        gpt2_init_(self, c.n_layers)
         nn.init.normal_(self.embed.weight, std=c.d_model ** -0.5)
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed.weight, std=0.02)

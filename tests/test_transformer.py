@@ -317,3 +317,36 @@ def test_bad_generate_args_raise(device):
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TransformerConfig(vocab_size=10, **kwargs)
+
+
+def test_gpt2_init_gives_a_retnet_the_transformers_initialization_family():
+    from retnet_mini import RetNetConfig, RetNetLM
+    from retnet_mini.transformer import gpt2_init_
+
+    torch.manual_seed(0)
+    config = RetNetConfig.paper(vocab_size=37, d_model=64, n_heads=4, n_layers=3, decay="gated", bias=True)
+    model = RetNetLM(config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert gpt2_init_(model, config.n_layers) is model
+    for name, p in model.named_parameters():
+        if "decay_proj" in name or "norm" in name or name in ("embed.weight", "lm_head.weight"):
+            assert torch.equal(p, before[name]), name                      # left as they were
+        elif name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        else:
+            residual = name.endswith(("out_proj.weight", "fc2.weight"))
+            want = 0.02 * ((2 * config.n_layers) ** -0.5 if residual else 1.0)
+            assert abs(p.std().item() / want - 1) < 0.1 and abs(p.mean().item()) < 0.1 * want, name
+    x = torch.randint(0, 37, (2, 9))
+    model = model.double()
+    outs = [model(x, mode=m)[0] for m in ("parallel", "recurrent", "chunkwise")]
+    assert max((o - outs[0]).abs().max().item() for o in outs) < 1e-10
+
+
+def test_gpt2_init_refuses_bad_arguments():
+    from retnet_mini.transformer import gpt2_init_
+
+    with pytest.raises(ValueError, match="model"):
+        gpt2_init_("not a model", 2)
+    with pytest.raises((ValueError, TypeError), match="n_layers"):
+        gpt2_init_(torch.nn.Linear(2, 2), 0)
