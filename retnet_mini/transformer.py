@@ -227,15 +227,14 @@ def gpt2_init_(model: nn.Module, n_layers: int) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_int("n_layers", n_layers, 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "decay_proj" in name:
-                continue
-            if name.endswith("bias") and "norm" not in name:
-                nn.init.zeros_(p)
-            elif name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
-                residual = name.endswith(("out_proj.weight", "fc2.weight"))
-                nn.init.normal_(p, std=0.02 * ((2 * n_layers) ** -0.5 if residual else 1.0))
+    for name, p in model.named_parameters():      # (nn.init works without autograd by itself)
+        if "decay_proj" in name:
+            continue
+        if name.endswith("bias") and "norm" not in name:
+            nn.init.zeros_(p)
+        elif name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+            residual = name.endswith(("out_proj.weight", "fc2.weight"))
+            nn.init.normal_(p, std=0.02 * ((2 * n_layers) ** -0.5 if residual else 1.0))
     return model
 
 
